@@ -1,0 +1,314 @@
+"""The active-learning loop (method spec 3): train the flow by energy at the CG points of the
+dataset, fit the PMF ensemble on importance-sampling labels, find new CG points where the
+ensemble disagrees by Monte Carlo on its mean, add them, repeat.
+
+Everything here is system-agnostic; the system enters only through :class:`cgflow.system.System`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cgflow import run_directory as rd
+from cgflow.acquisition import farthest_point_selection, spread_uniform_ball
+from cgflow.config import RunConfig, dump_config, validate_config
+from cgflow.dataset import EVALUATED, NOT_DRAWN, ALDataset
+from cgflow.ensemble import PMFEnsemble
+from cgflow.evaluation_counter import EvaluationCounter
+from cgflow.features import CGFeatures
+from cgflow.flows import ConditionalAffineFlow, ConditionalFlow
+from cgflow.mc_sampler import find_high_error_points
+from cgflow.metrics import bin_centers_grid, forward_kld, pmf_rmse, probabilities_from_pmf, reverse_kld
+from cgflow.pmf_labels import pmf_from_log_weights
+from cgflow.system import System
+from cgflow.systems import build_system
+from cgflow.training import test_loss, train_by_energy_epoch, train_by_example
+
+
+class Reporter(Protocol):
+    """Receives progress; the run's files do not depend on reporters."""
+
+    def on_iteration(self, run: "ActiveLearningRun", row: dict) -> None: ...
+
+    def on_finish(self, run: "ActiveLearningRun") -> None: ...
+
+
+@dataclass
+class RunState:
+    iteration: int = 1
+    counter: EvaluationCounter = field(default_factory=EvaluationCounter)
+    mc_start: torch.Tensor | None = None
+    rows: list[dict] = field(default_factory=list)
+    done: bool = False
+    stop_reason: str = ""
+    wall_time_s: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def build_flow(cfg: RunConfig, system: System, features: CGFeatures) -> ConditionalFlow:
+    if cfg.flow.kind == "affine":
+        if any(system.fg_periodic):
+            raise ValueError("flow.kind 'affine' cannot model periodic FG coordinates")
+        return ConditionalAffineFlow(system.fg_dim, features, cfg.flow.hidden, cfg.flow.activation)
+    raise ValueError(f"unknown flow kind {cfg.flow.kind!r}")
+
+
+def evaluation_grid(system: System):
+    """Bin edges used for metrics and plots: the reference's, else 100 bins per CG dim."""
+    ref = system.reference()
+    if ref is not None:
+        return ref.edges, ref
+    return [np.linspace(lo, hi, 101) for lo, hi in system.cg_domain], None
+
+
+class ActiveLearningRun:
+    """One run, tied to a run directory.
+
+    Args:
+        cfg: validated configuration.
+        run_dir: output directory; must not exist unless ``resume``.
+        resume: continue from ``run_dir/checkpoint.pt`` (the config saved there is used; a
+            different ``cfg`` is refused).
+        reporters: progress observers.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, reporters=()):
+        self.run_dir = Path(run_dir)
+        self.reporters = list(reporters)
+        if resume:
+            cfg = self._check_resumable(cfg)
+        elif self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise rd.RunDirectoryError(f"run directory {self.run_dir} already exists; use --resume to continue it "
+                                       f"or choose another --out")
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.system = build_system(cfg.system)
+        self.edges, self.reference = evaluation_grid(self.system)
+        self.grid = torch.as_tensor(bin_centers_grid(self.edges), dtype=torch.float64)
+        self.state = RunState()
+        self.dataset = ALDataset(self.system.cg_dim, cfg.by_energy.copies_per_point)
+        features = CGFeatures(self.system.cg_periodic)
+        self.flow = build_flow(cfg, self.system, features).to(self.device)
+        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg.by_example.lr)
+        e = cfg.ensemble
+        self.ensemble = PMFEnsemble(CGFeatures(self.system.cg_periodic), e.n_models, e.hidden, e.activation,
+                                    e.init).to(self.device)
+        if resume:
+            self._load_checkpoint()
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            rd.atomic_write_text(self.run_dir / rd.CONFIG, dump_config(cfg))
+            self._initialize()
+            self._save_checkpoint()
+
+    # --- set-up -------------------------------------------------------------------------------
+    def _check_resumable(self, cfg: RunConfig | None) -> RunConfig:
+        ckpt = self.run_dir / rd.CHECKPOINT
+        if not ckpt.is_file():
+            raise rd.RunDirectoryError(f"cannot resume: no checkpoint at {ckpt}")
+        import yaml
+        saved = validate_config(yaml.safe_load((self.run_dir / rd.CONFIG).read_text()))
+        if cfg is not None:
+            a, b = saved.model_dump(), cfg.model_dump()
+            diff = [k for k in a if a[k] != b[k]]
+            if diff:
+                raise rd.RunDirectoryError(f"cannot resume {self.run_dir}: the given config differs from the saved "
+                                           f"one in {', '.join(diff)}")
+        return saved
+
+    def _initialize(self) -> None:
+        """Starting data, training by example, and the seed CG points (spec 3 steps 1-2)."""
+        t0 = time.perf_counter()
+        start = self.system.starting_data(self.cfg.seed)
+        self.state.counter.starting_data = start.n_energy_evaluations
+        s0, x0 = self.system.to_internal(start.x.to(torch.float64))
+        self.flow.features.set_standardization(s0.mean(0), s0.std(0).clamp_min(1e-6))
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        c = self.cfg.by_example
+        losses = train_by_example(self.flow, s0.to(self.device), x0.to(self.device), epochs=c.epochs,
+                                  batch_size=c.batch_size, optimizer=self.optimizer, lr=c.lr, generator=gen,
+                                  progress=self.cfg.progress)
+        self.by_example_nll = losses[-1] if losses else math.nan
+        self.dataset.add(s0, added_in=0, test_fraction=self.cfg.acquisition.test_fraction, rng=self.rng)
+        self.state.wall_time_s += time.perf_counter() - t0
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def _save_checkpoint(self) -> None:
+        st = self.state
+        rd.atomic_torch_save(self.run_dir / rd.CHECKPOINT, {
+            "iteration": st.iteration, "counter": st.counter.as_dict(), "mc_start": st.mc_start,
+            "rows": st.rows, "done": st.done, "stop_reason": st.stop_reason, "wall_time_s": st.wall_time_s,
+            "flow": self.flow.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "ensemble": self.ensemble.state_dict(), "dataset": self.dataset.state_dict(),
+            "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state,
+        })
+        rd.write_metrics_csv(self.run_dir / rd.METRICS, st.rows)
+
+    def _load_checkpoint(self) -> None:
+        ck = torch.load(self.run_dir / rd.CHECKPOINT, map_location=self.device, weights_only=False)
+        self.state = RunState(iteration=ck["iteration"], counter=EvaluationCounter.from_dict(ck["counter"]),
+                              mc_start=ck["mc_start"], rows=ck["rows"], done=ck["done"],
+                              stop_reason=ck["stop_reason"], wall_time_s=ck["wall_time_s"])
+        self.flow.load_state_dict(ck["flow"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.ensemble.load_state_dict(ck["ensemble"])
+        self.dataset = ALDataset.from_state_dict(ck["dataset"])
+        torch.set_rng_state(ck["torch_rng"])
+        self.rng.bit_generator.state = ck["numpy_rng"]
+
+    # --- one iteration ------------------------------------------------------------------------
+    def _train_flow(self, iteration: int) -> dict:
+        c = self.cfg.by_energy
+        epochs = c.epochs_first if iteration == 1 else c.epochs_later
+        warmup = c.warmup_epochs_first if iteration == 1 else c.warmup_epochs_later
+        n_steps = self.dataset.epoch_size(c.old_fraction, c.batch_size) // c.batch_size
+        bar = tqdm(total=epochs * n_steps, desc=f"iteration {iteration}: flow by energy",
+                   leave=False, disable=not self.cfg.progress, mininterval=0.5)
+        out, skipped = {}, 0
+        for epoch in range(epochs):
+            factor = (epoch + 1) / warmup if epoch < warmup else 1.0
+            for g in self.optimizer.param_groups:
+                g["lr"] = c.lr * factor
+            clip = c.grad_clip_early if epoch < c.grad_clip_switch_epoch else c.grad_clip_late
+            out = train_by_energy_epoch(self.flow, self.system, self.dataset, self.optimizer, self.state.counter,
+                                        batch_size=c.batch_size, old_fraction=c.old_fraction,
+                                        drop_top_k=c.drop_top_k, grad_clip=clip, rng=self.rng, progress_bar=bar)
+            skipped += out["skipped"]
+        bar.close()
+        return {"flow_loss": out.get("loss", math.nan), "flow_epochs": epochs, "skipped_steps": skipped}
+
+    def labels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Importance-sampling PMF labels (kT) of the train CG points with >= 1 evaluated copy.
+        Returns (points (P, cg_dim), labels (P,))."""
+        ds = self.dataset
+        use = ds.is_train & (ds.status == EVALUATED).any(1)
+        f = pmf_from_log_weights(ds.log_w[use], drawn=ds.status[use] != NOT_DRAWN,
+                                 top_k_clip=self.cfg.labels.top_k_clip)
+        ok = torch.isfinite(f)
+        return ds.points[use][ok], f[ok]
+
+    @torch.no_grad()
+    def pmf_on_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ensemble mean and std (kT) at the evaluation-grid bin centres, shaped like the bins."""
+        shape = tuple(len(e) - 1 for e in self.edges)
+        mean, std = self.ensemble.mean_and_std(self.grid.to(self.device))
+        return mean.cpu().numpy().reshape(shape), std.cpu().numpy().reshape(shape)
+
+    def accuracy(self, mean: np.ndarray) -> dict:
+        if self.reference is None:
+            return {}
+        p_model = probabilities_from_pmf(mean)
+        return {"forward_kld": forward_kld(self.reference.prob, p_model),
+                "reverse_kld": reverse_kld(self.reference.prob, p_model),
+                "pmf_rmse_kT": pmf_rmse(self.reference.prob, mean)}
+
+    def _mc_starts(self) -> torch.Tensor:
+        sc = self.cfg.sampler
+        if self.state.mc_start is not None:
+            base = self.state.mc_start[torch.as_tensor(self.rng.permutation(self.state.mc_start.shape[0]))]
+        else:
+            start = sc.start if sc.start is not None else self.system.default_mc_start
+            if len(start) != self.system.cg_dim:
+                raise ValueError(f"sampler.start has {len(start)} values, the CG space has {self.system.cg_dim}")
+            base = torch.tensor([start], dtype=torch.float64)
+        reps = math.ceil(sc.n_chains / base.shape[0])
+        return base.repeat(reps, 1)[:sc.n_chains]
+
+    def step(self) -> dict:
+        """Run one AL iteration; returns its metrics row."""
+        cfg, st = self.cfg, self.state
+        it = st.iteration
+        times = {}
+        t0 = time.perf_counter()
+        row = {"iteration": it}
+        row.update(self._train_flow(it))
+        if cfg.by_energy.test_loss:
+            row["flow_test_loss"] = test_loss(self.flow, self.system, self.dataset, st.counter)
+        times["t_flow_s"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        pts, lab = self.labels()
+        e = cfg.ensemble
+        fit = self.ensemble.fit(pts.to(self.device), lab.to(self.device), epochs=e.epochs, batch_size=e.batch_size,
+                                lr=e.lr, split=e.split, train_fraction=e.train_fraction, rng=self.rng,
+                                progress=cfg.progress)
+        times["t_ensemble_s"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        mean, std = self.pmf_on_grid()
+        acc = self.accuracy(mean)
+        sc = cfg.sampler
+        mc = find_high_error_points(self.ensemble.mean_and_std, self._mc_starts().to(self.device),
+                                    periodic=self.system.cg_periodic, step_size=sc.step_size,
+                                    threshold=sc.threshold, n_find=sc.n_find, min_steps=sc.min_steps,
+                                    max_steps=sc.max_steps,
+                                    domain=self.system.cg_domain if sc.confine_to_domain else None,
+                                    progress=cfg.progress)
+        times["t_mc_s"] = time.perf_counter() - t2
+
+        n_added = 0
+        if mc.exhausted:
+            st.done, st.stop_reason = True, f"MC found no point with std > {sc.threshold} kT in {sc.max_steps} steps"
+        else:
+            a = cfg.acquisition
+            centers = mc.points.cpu()[farthest_point_selection(mc.points.cpu(), a.n_select, self.system.cg_periodic,
+                                                               self.rng)]
+            new = spread_uniform_ball(centers, a.spread_points, a.spread_radius, self.system.cg_periodic, self.rng)
+            self.dataset.add(new, added_in=it, test_fraction=a.test_fraction, rng=self.rng)
+            st.mc_start = centers
+            n_added = new.shape[0]
+        kld = acc.get("forward_kld")
+        if not st.done and cfg.stopping.kld_threshold is not None and kld is not None \
+                and kld < cfg.stopping.kld_threshold:
+            st.done, st.stop_reason = True, f"forward KLD {kld:.3g} < {cfg.stopping.kld_threshold:g}"
+        if not st.done and it >= cfg.stopping.max_iterations:
+            st.done, st.stop_reason = True, f"reached stopping.max_iterations = {cfg.stopping.max_iterations}"
+
+        st.wall_time_s += time.perf_counter() - t0
+        row.update({
+            "n_train_points_labelled": int(pts.shape[0]), "n_points_total": len(self.dataset),
+            "n_points_added": n_added, **{f"evals_{k}": v for k, v in st.counter.as_dict().items()},
+            **acc, **fit, "mc_steps": mc.steps, "mc_acceptance": mc.acceptance,
+            **times, "wall_time_s": st.wall_time_s,
+        })
+        st.rows.append(row)
+        st.iteration += 1
+        self._save_checkpoint()
+        self._save_pmf(mean, std)
+        for r in self.reporters:
+            r.on_iteration(self, row)
+        return row
+
+    def _save_pmf(self, mean, std) -> None:
+        extra = {}
+        if self.reference is not None:
+            extra["reference_prob"] = self.reference.prob
+        rd.atomic_savez(self.run_dir / rd.PMF, **{f"edges_{i}": e for i, e in enumerate(self.edges)},
+                        pmf_kT=mean - np.nanmin(mean), std_kT=std, prob=probabilities_from_pmf(mean),
+                        points=self.dataset.points.numpy(), points_added_in=self.dataset.added_in.numpy(),
+                        points_is_train=self.dataset.is_train.numpy(), cg_names=np.array(self.system.cg_names),
+                        cg_periodic=np.array(self.system.cg_periodic), **extra)
+
+    def run(self) -> RunState:
+        while not self.state.done:
+            self.step()
+        for r in self.reporters:
+            r.on_finish(self)
+        return self.state

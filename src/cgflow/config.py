@@ -1,0 +1,228 @@
+"""Run configuration: YAML files validated by pydantic, presets shipped in the package.
+
+Unknown keys and wrong types are rejected with the offending key named
+(:class:`ConfigError`).  ``--set key.sub=value`` overrides use the same dotted names.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message naming the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- systems -----------------------------------------------------------------------------------
+class MullerBrownConfig(Strict):
+    name: Literal["muller-brown"] = "muller-brown"
+    beta: PositiveFloat = 0.1
+    domain: tuple[float, float] = (-2.5, 1.1)
+    n_bins: PositiveInt = 100
+    n_starting_points: PositiveInt = 100
+
+    @model_validator(mode="after")
+    def _domain(self):
+        if not self.domain[0] < self.domain[1]:
+            raise ValueError(f"domain must be (low, high) with low < high, got {self.domain}")
+        return self
+
+
+SystemConfig = Annotated[Union[MullerBrownConfig], Field(discriminator="name")]
+
+
+# --- method ------------------------------------------------------------------------------------
+class FlowConfig(Strict):
+    kind: Literal["affine"] = "affine"
+    hidden: list[PositiveInt] = [64, 64]
+    activation: Literal["sigmoid", "relu", "tanh", "silu"] = "sigmoid"
+
+
+class ByExampleConfig(Strict):
+    """Forward-KL (maximum-likelihood) training on the starting data."""
+
+    epochs: NonNegInt = 80
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 5e-4
+
+
+class ByEnergyConfig(Strict):
+    """Reverse-KL training of the flow at the CG points of the dataset."""
+
+    lr: PositiveFloat = 5e-3
+    batch_size: PositiveInt = 8
+    copies_per_point: PositiveInt = 30
+    epochs_first: PositiveInt = 12
+    epochs_later: PositiveInt = 7
+    warmup_epochs_first: NonNegInt = 0
+    warmup_epochs_later: NonNegInt = 0
+    grad_clip_early: PositiveFloat = 20.0
+    grad_clip_late: PositiveFloat = 20.0
+    grad_clip_switch_epoch: NonNegInt = 0
+    drop_top_k: NonNegInt = 0
+    old_fraction: Fraction = 0.3
+    test_loss: bool = True
+
+
+class LabelsConfig(Strict):
+    top_k_clip: NonNegInt = 0
+
+
+class EnsembleConfig(Strict):
+    n_models: Annotated[int, Field(ge=2)] = 10
+    hidden: list[PositiveInt] = [64, 64]
+    activation: Literal["sigmoid", "relu", "tanh", "silu"] = "sigmoid"
+    init: Literal["xavier", "random_scale"] = "xavier"
+    split: Literal["fraction", "bagging"] = "fraction"
+    train_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    epochs: PositiveInt = 1000
+    batch_size: PositiveInt = 256
+    lr: PositiveFloat = 5e-4
+
+
+class SamplerConfig(Strict):
+    step_size: PositiveFloat = 0.1
+    threshold: PositiveFloat = 0.4
+    n_chains: PositiveInt = 50
+    n_find: PositiveInt = 1
+    min_steps: NonNegInt = 10
+    max_steps: PositiveInt = 30000
+    start: list[float] | None = None
+    confine_to_domain: bool = False
+
+
+class AcquisitionConfig(Strict):
+    n_select: PositiveInt = 1
+    spread_radius: PositiveFloat = 0.5
+    spread_points: PositiveInt = 65
+    test_fraction: Fraction = 0.2
+
+
+class StoppingConfig(Strict):
+    kld_threshold: PositiveFloat | None = None
+    max_iterations: PositiveInt = 100
+
+
+class RunConfig(Strict):
+    """Everything a run needs; saved as config.yaml in the run directory."""
+
+    system: SystemConfig = Field(default_factory=MullerBrownConfig)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    by_example: ByExampleConfig = Field(default_factory=ByExampleConfig)
+    by_energy: ByEnergyConfig = Field(default_factory=ByEnergyConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
+    stopping: StoppingConfig = Field(default_factory=StoppingConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.acquisition.n_select > self.sampler.n_find:
+            raise ValueError(f"acquisition.n_select ({self.acquisition.n_select}) must be <= "
+                             f"sampler.n_find ({self.sampler.n_find})")
+        if self.sampler.n_find > self.sampler.n_chains:
+            raise ValueError(f"sampler.n_find ({self.sampler.n_find}) must be <= sampler.n_chains "
+                             f"({self.sampler.n_chains})")
+        return self
+
+
+# --- loading -----------------------------------------------------------------------------------
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("cgflow.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_text(name: str) -> str:
+    return (resources.files("cgflow.presets") / f"{name}.yaml").read_text()
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"] if x not in ("muller-brown",)) or "config"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+    return f"{loc}: {msg}{extra}"
+
+
+def validate_config(data: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config: {_format_validation_error(err)}") from None
+
+
+def parse_override(item: str) -> tuple[list[str], object]:
+    """'a.b=value' -> (['a', 'b'], value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. ensemble.epochs=200")
+    key, value = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k, {}), dict):
+                raise ConfigError(f"--set {item!r}: {k} is not a section")
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return data
+
+
+def read_config_source(preset_or_path: str) -> dict:
+    """Load a YAML file, or a preset by name."""
+    path = Path(preset_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text()
+    elif preset_or_path in preset_names():
+        text = preset_text(preset_or_path)
+    else:
+        raise ConfigError(f"{preset_or_path!r} is neither a config file nor a preset "
+                          f"(presets: {', '.join(preset_names())})")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse {preset_or_path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{preset_or_path}: the top level must be a mapping of keys")
+    return data
+
+
+def load_config(preset_or_path: str, overrides: list[str] = (), seed: int | None = None) -> RunConfig:
+    data = apply_overrides(read_config_source(preset_or_path), list(overrides))
+    if seed is not None:
+        data["seed"] = seed
+    return validate_config(data)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,10 @@
+"""Conditional normalizing flows q(x_fg | s).
+
+Every flow implements :class:`~cgflow.flows.base.ConditionalFlow`; :func:`build_flow` makes one
+from its config.
+"""
+
+from cgflow.flows.base import ConditionalFlow
+from cgflow.flows.affine import ConditionalAffineFlow
+
+__all__ = ["ConditionalFlow", "ConditionalAffineFlow"]

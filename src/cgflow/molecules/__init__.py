@@ -1,0 +1,1 @@
+"""Molecular systems: OpenMM force fields re-implemented in batched PyTorch, data and coordinates."""

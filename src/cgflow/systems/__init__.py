@@ -1,0 +1,13 @@
+"""Systems that plug into the core through :class:`cgflow.system.System`."""
+
+from __future__ import annotations
+
+from cgflow.systems.muller_brown import MullerBrownSystem
+
+
+def build_system(cfg):
+    """Make the System described by a validated system config (``RunConfig.system``)."""
+    if cfg.name == "muller-brown":
+        return MullerBrownSystem(beta=cfg.beta, domain=cfg.domain, n_bins=cfg.n_bins,
+                                 n_starting_points=cfg.n_starting_points)
+    raise ValueError(f"unknown system {cfg.name!r}")
