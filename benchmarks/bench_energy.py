@@ -6,6 +6,9 @@ Backends:
   graphs (``mode="reduce-overhead"``), each only if it works.
 * ``openmm-1ctx``: one OpenMM CPU-platform Context with Threads=1 evaluating the configurations one
   by one (setPositions + getState(energy, forces)).
+* ``openmm-pool``: :class:`cgflow.molecules.openmm_pool.OpenMMEnergyPool`, worker processes (default
+  2) each with one CPU-platform Context (Threads=1) pinned to its own core; the batch is split into
+  chunks over the workers (includes the inter-process transfer of positions, energies and forces).
 
 Throughput = configurations per second for energy and forces.  Prints a markdown table with the
 machine information.  Usage::
@@ -35,6 +38,7 @@ try:
 except ImportError:  # not installed: run from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from cgflow.molecules.openmm_pool import OpenMMEnergyPool  # noqa: E402
 from cgflow.molecules.torch_energy import TorchEnergy  # noqa: E402
 
 
@@ -99,6 +103,19 @@ def bench_openmm(system, xs: np.ndarray, min_time: float) -> tuple[float, int]:
             return n / dt, n
 
 
+def bench_openmm_pool(system, x0, batches, min_time, rows, n_workers: int = 2) -> None:
+    """Append rows for the OpenMM worker pool (n_workers processes, pinned, Threads=1 each)."""
+    with OpenMMEnergyPool(system, temperature_K=300.0, n_workers=n_workers, pin=True) as pool:
+        pool.energies_and_forces(configurations(x0, 2 * n_workers, seed=0))  # warm up
+        pinned = "pinned" if pool.pin else "not pinned"
+        for b in batches:
+            x = configurations(x0, b, seed=b)
+            per_call, calls = _timeit(lambda: pool.energies_and_forces(x), min_time, min_calls=1 if b > 4096 else 3)
+            rows.append((f"openmm-pool ({n_workers} workers, CPU, Threads=1)", "cpu", "mixed", b, b / per_call,
+                         calls * b, f"{n_workers} processes, {pinned}"))
+            print(f"  {rows[-1]}", file=sys.stderr)
+
+
 def _energy_and_forces_fn(te: TorchEnergy, mode: str):
     """(B,N,3) -> (E, F) with the energy evaluated eagerly or by a compiled function."""
     if mode == "eager":
@@ -151,6 +168,7 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="64,1024,16384")
     p.add_argument("--no-cuda", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
+    p.add_argument("--pool-workers", type=int, default=2, help="worker processes of the OpenMM pool")
     p.add_argument("--threads", default=None,
                    help="comma-separated torch CPU thread counts (default: 1 and os.cpu_count())")
     args = p.parse_args(argv)
@@ -169,6 +187,9 @@ def main(argv=None) -> None:
         note = "" if n >= b else f"timed on {n} of the {b} configs"
         rows.append(("openmm-1ctx (CPU, Threads=1)", "cpu", "mixed", b, rate, n, note))
         print(f"  {rows[-1]}", file=sys.stderr)
+
+    print(f"openmm-pool ({args.pool_workers} workers) ...", file=sys.stderr)
+    bench_openmm_pool(system, x0, batches, min_time, rows, n_workers=args.pool_workers)
 
     default_threads = torch.get_num_threads()
     threads = ([int(t) for t in args.threads.split(",")] if args.threads

@@ -139,7 +139,11 @@ class ActiveLearningRun:
         start = self.system.starting_data(self.cfg.seed)
         self.state.counter.starting_data = start.n_energy_evaluations
         s0, x0 = self.system.to_internal(start.x.to(torch.float64))
-        self.flow.features.set_standardization(s0.mean(0), s0.std(0).clamp_min(1e-6))
+        if self.cfg.flow.context_standardization == "starting_data":
+            self.flow.features.set_standardization(s0.mean(0), s0.std(0).clamp_min(1e-6))
+        else:
+            lo, hi = torch.tensor(self.system.cg_domain, dtype=torch.float64).T
+            self.flow.features.set_standardization((lo + hi) / 2, (hi - lo) / math.sqrt(12))
         gen = torch.Generator().manual_seed(self.cfg.seed)
         c = self.cfg.by_example
         losses = train_by_example(self.flow, s0.to(self.device), x0.to(self.device), epochs=c.epochs,
@@ -259,7 +263,7 @@ class ActiveLearningRun:
                                     periodic=self.system.cg_periodic, step_size=sc.step_size,
                                     threshold=sc.threshold, n_find=sc.n_find, min_steps=sc.min_steps,
                                     max_steps=sc.max_steps,
-                                    domain=self.system.cg_domain if sc.confine_to_domain else None,
+                                    domain=self.system.cg_domain if sc.confine_to_domain else None, beta=sc.beta,
                                     progress=cfg.progress)
         times["t_mc_s"] = time.perf_counter() - t2
 

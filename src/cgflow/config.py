@@ -50,6 +50,10 @@ class FlowConfig(Strict):
     kind: Literal["affine"] = "affine"
     hidden: list[PositiveInt] = [64, 64]
     activation: Literal["sigmoid", "relu", "tanh", "silu"] = "sigmoid"
+    # how non-periodic CG inputs of the flow are standardized: with the starting data's mean/std
+    # (reference code; far CG points then enter the network with large magnitude) or with the
+    # mean/std of a uniform distribution over the CG domain
+    context_standardization: Literal["starting_data", "domain"] = "domain"
 
 
 class ByExampleConfig(Strict):
@@ -103,6 +107,7 @@ class SamplerConfig(Strict):
     max_steps: PositiveInt = 30000
     start: list[float] | None = None
     confine_to_domain: bool = False
+    beta: PositiveFloat = 1.0
 
 
 class AcquisitionConfig(Strict):

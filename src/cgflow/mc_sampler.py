@@ -44,9 +44,10 @@ def find_high_error_points(
     min_steps: int,
     max_steps: int,
     domain: tuple[tuple[float, float], ...] | None = None,
+    beta: float = 1.0,
     progress: bool = True,
 ) -> MCResult:
-    """Run parallel Metropolis chains on F_mean at beta = 1 until ``n_find`` chains have
+    """Run parallel Metropolis chains on F_mean (at inverse temperature beta) until ``n_find`` chains have
     reached a point where the ensemble std exceeds ``threshold``.
 
     Args:
@@ -59,6 +60,8 @@ def find_high_error_points(
         max_steps: give up after this many parallel steps.
         domain: (low, high) per dim; if given, proposals leaving it in a non-periodic dim are
             rejected.
+        beta: inverse temperature (1/kT) at which F_mean is sampled; 1 samples the PMF itself,
+            smaller values cross barriers sooner.
     """
     s = wrap_periodic(start.clone(), periodic)
     C, d = s.shape
@@ -76,7 +79,7 @@ def find_high_error_points(
     for step in range(1, max_steps + 1):
         prop = wrap_periodic(s + step_size * torch.randn_like(s), periodic)
         f_new, sd_new = mean_and_std(prop)
-        accept = torch.rand(C, dtype=s.dtype, device=s.device) < torch.exp(f - f_new)
+        accept = torch.rand(C, dtype=s.dtype, device=s.device) < torch.exp(beta * (f - f_new))
         if domain is not None:
             inside = ((prop >= lo) & (prop <= hi)) | ~confine
             accept &= inside.all(1)

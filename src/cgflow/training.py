@@ -31,7 +31,7 @@ def train_by_example(flow: ConditionalFlow, s: torch.Tensor, x_fg: torch.Tensor,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * idx.numel()
+            total += loss.item() * idx.numel()
         losses.append(total / n)
     return losses
 

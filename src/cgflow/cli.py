@@ -1,0 +1,102 @@
+"""The `cgflow` command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="PMFs in coarse-grained coordinates from conditional normalizing flows and active learning.")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    config: Optional[str] = typer.Argument(None, help="A preset name (see `cgflow presets`) or a YAML file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/NAME-TIMESTAMP]."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key, e.g. --set ensemble.epochs=200."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (overrides the config's)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (overrides the config's)."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Do not write PNG plots each iteration."),
+):
+    """Run active learning; writes config.yaml, metrics.csv, checkpoint.pt, pmf.npz and plots to the run directory."""
+    from cgflow.active_learning import ActiveLearningRun
+    from cgflow.config import ConfigError, load_config
+    from cgflow.plotting import PlotReporter
+    from cgflow.reporters import ConsoleReporter
+    from cgflow.run_directory import RunDirectoryError
+
+    overrides = list(set_) + ([f"device={device}"] if device else [])
+    try:
+        if resume:
+            if out is None:
+                _fail("--resume needs --out RUN_DIR")
+            cfg = load_config(config, overrides, seed) if config else None
+        else:
+            if config is None:
+                _fail("give a preset name or a YAML file (see `cgflow presets`)")
+            cfg = load_config(config, overrides, seed)
+            if out is None:
+                out = Path("runs") / f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        reporters = [ConsoleReporter()] + ([] if no_plots else [PlotReporter()])
+        runner = ActiveLearningRun(cfg, out, resume=resume, reporters=reporters)
+        typer.echo(f"run directory: {out}" + (f" (resuming at iteration {runner.state.iteration})" if resume else ""))
+        if runner.state.done:
+            typer.echo(f"this run has already finished: {runner.state.stop_reason}")
+            return
+        runner.run()
+    except (ConfigError, RunDirectoryError, FileNotFoundError) as err:
+        _fail(str(err))
+    except ValueError as err:
+        _fail(str(err).splitlines()[0] if str(err) else repr(err))
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted; continue with: cgflow run --resume --out {out}", err=True)
+        raise typer.Exit(130)
+
+
+@app.command()
+def plot(run_dir: Path = typer.Argument(..., help="A run directory.")):
+    """(Re)draw the PNG plots of a run directory."""
+    from cgflow.plotting import plot_run
+    from cgflow.run_directory import RunDirectoryError
+
+    if not run_dir.is_dir():
+        _fail(f"no such run directory: {run_dir}")
+    try:
+        for p in plot_run(run_dir):
+            typer.echo(str(p))
+    except RunDirectoryError as err:
+        _fail(str(err))
+
+
+@app.command()
+def presets(show: Optional[str] = typer.Argument(None, help="Print this preset's YAML.")):
+    """List the shipped presets, or print one."""
+    from cgflow.config import preset_names, preset_text
+
+    names = preset_names()
+    if show is None:
+        for n in names:
+            first = preset_text(n).splitlines()[0].lstrip("# ")
+            typer.echo(f"{n:12s} {first}")
+        return
+    if show not in names:
+        _fail(f"unknown preset {show!r} (presets: {', '.join(names)})")
+    typer.echo(preset_text(show), nl=False)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,113 @@
+"""Plots of a run directory: the PMF (ensemble mean ± std, reference, CG points by iteration)
+and the forward KLD against energy evaluations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cgflow import run_directory as rd  # noqa: E402
+
+
+def _load_pmf(run_dir: Path) -> dict:
+    with np.load(run_dir / rd.PMF) as z:
+        return {k: z[k] for k in z.files}
+
+
+def plot_pmf(run_dir: Path, out: Path | None = None) -> Path:
+    """PMF figure (1-D: curve with ±std band; 2-D: mean and std maps).  Returns the PNG path."""
+    run_dir = Path(run_dir)
+    d = _load_pmf(run_dir)
+    edges = [d[k] for k in sorted(k for k in d if k.startswith("edges_"))]
+    names = [str(n) for n in d["cg_names"]]
+    pts, added = d["points"], d["points_added_in"]
+    out = Path(out) if out else run_dir / "pmf.png"
+    n_iter = int(added.max()) + 1 if added.size else 1
+    cmap = plt.get_cmap("viridis")
+    if len(edges) == 1:
+        c = 0.5 * (edges[0][1:] + edges[0][:-1])
+        f, sd = d["pmf_kT"], d["std_kT"]
+        fig, (ax, axr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        if "reference_prob" in d:
+            with np.errstate(divide="ignore"):
+                fr = -np.log(d["reference_prob"])
+            fr -= fr[np.isfinite(fr)].min()
+            shift = np.average(f - fr, weights=d["reference_prob"])
+            ax.plot(c, fr, "k--", lw=1.5, label="reference")
+            f = f - shift
+        ax.plot(c, f, color="C3", lw=2, label="ensemble mean")
+        ax.fill_between(c, f - sd, f + sd, color="C3", alpha=0.25, label="± ensemble std")
+        lo = np.nanmin(f) - 1.0
+        ax.scatter(pts[:, 0], np.full(len(pts), lo), c=added, cmap=cmap, vmin=0, vmax=max(n_iter - 1, 1),
+                   marker="|", s=80, label="CG points (colour: AL step)")
+        ax.set_ylabel("PMF (kT)")
+        ax.set_ylim(lo - 0.5, min(np.nanmax(f) + 1, np.nanmin(f) + 25))
+        ax.legend(loc="upper center", fontsize=8, ncol=2)
+        axr.plot(c, sd, color="C3")
+        axr.set_ylabel("std (kT)")
+        axr.set_xlabel(names[0])
+        ax.set_xlim(edges[0][0], edges[0][-1])
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        ext = [edges[0][0], edges[0][-1], edges[1][0], edges[1][-1]]
+        for ax, key, title, cm in ((axes[0], "pmf_kT", "PMF, ensemble mean (kT)", "viridis"),
+                                   (axes[1], "std_kT", "ensemble std (kT)", "magma")):
+            vals = d[key] if key == "std_kT" else np.clip(d[key], 0, 20)
+            im = ax.imshow(vals.T, origin="lower", extent=ext, cmap=cm, aspect="auto")
+            fig.colorbar(im, ax=ax)
+            ax.set_title(title)
+            ax.set_xlabel(names[0])
+            ax.set_ylabel(names[1])
+        axes[1].scatter(pts[:, 0], pts[:, 1], c=added, cmap="cool", s=2, alpha=0.6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_kld(run_dir: Path, out: Path | None = None) -> Path | None:
+    """Forward KLD (and PMF RMSE) against total energy evaluations.  None without a reference."""
+    run_dir = Path(run_dir)
+    rows = rd.read_metrics_csv(run_dir / rd.METRICS)
+    if not rows or "forward_kld" not in rows[0]:
+        return None
+    ev = np.array([r["evals_total"] for r in rows], dtype=float)
+    kld = np.array([r["forward_kld"] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.loglog(ev, kld, "o-", color="C0")
+    for r, x, y in zip(rows, ev, kld):
+        ax.annotate(str(r["iteration"]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xlabel("energy evaluations (all, incl. starting data and diagnostics)")
+    ax.set_ylabel("forward KLD to reference")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    out = Path(out) if out else run_dir / "kld.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    run_dir = Path(run_dir)
+    if not (run_dir / rd.PMF).is_file():
+        raise rd.RunDirectoryError(f"{run_dir} has no {rd.PMF} yet (no iteration finished)")
+    return [p for p in (plot_pmf(run_dir), plot_kld(run_dir)) if p is not None]
+
+
+class PlotReporter:
+    """Rewrites the plots after every ``every``-th iteration and at the end."""
+
+    def __init__(self, every: int = 1):
+        self.every = every
+
+    def on_iteration(self, run, row) -> None:
+        if row["iteration"] % self.every == 0:
+            plot_run(run.run_dir)
+
+    def on_finish(self, run) -> None:
+        plot_run(run.run_dir)

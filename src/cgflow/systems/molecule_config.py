@@ -1,0 +1,72 @@
+"""Configuration of a molecular system (``system.name: molecule``) and its builder.
+
+Exactly one source of the molecule:
+
+* ``preset: alanine-dipeptide`` (package data; Amber ff96 + OBC1);
+* ``prmtop`` + ``pdb`` (coordinates: .pdb or .inpcrd/.rst7; OBC1 implicit solvent, no cutoff);
+* ``pdb`` + ``forcefield`` (OpenMM force-field XMLs, e.g. ``[amber14-all.xml, implicit/obc1.xml]``).
+
+``cg`` entries: a dihedral name ("phi", "psi", "omega", "chi1" ...), "name:residue" (e.g.
+"psi:ALA2" or "phi:1" with a residue index) or "i,j,k,l" (atom indices).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["MoleculeConfig", "build_molecule_system"]
+
+
+class MoleculeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: Literal["molecule"] = "molecule"
+    preset: Literal["alanine-dipeptide"] | None = None
+    prmtop: str | None = None
+    pdb: str | None = None
+    forcefield: list[str] | None = None
+    cg: Annotated[list[str], Field(min_length=1)] = ["phi", "psi"]
+    temperature_K: Annotated[float, Field(gt=0)] = 300.0
+    energy_backend: Literal["torch", "openmm"] = "torch"
+    dtype: Literal["float64", "float32"] = "float64"
+    n_workers: Annotated[int, Field(gt=0)] | None = None
+    md_ps: Annotated[float, Field(gt=0)] = 50.0
+    md_frame_every_steps: Annotated[int, Field(gt=0)] = 10
+    reference: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.preset is not None:
+            given = [k for k in ("prmtop", "pdb", "forcefield") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"preset {self.preset!r} cannot be combined with {', '.join(given)}")
+        elif self.prmtop is not None:
+            if self.pdb is None:
+                raise ValueError("prmtop needs pdb (the coordinates: .pdb or .inpcrd)")
+            if self.forcefield is not None:
+                raise ValueError("give either prmtop or forcefield, not both")
+        elif self.forcefield is not None:
+            if self.pdb is None:
+                raise ValueError("forcefield needs pdb")
+            if not self.forcefield:
+                raise ValueError("forcefield is empty")
+        else:
+            raise ValueError("give preset, prmtop + pdb, or pdb + forcefield")
+        return self
+
+
+def build_molecule_system(cfg: MoleculeConfig, device="cpu"):
+    """The :class:`~cgflow.molecules.molecule_system.MoleculeSystem` described by ``cfg``."""
+    from cgflow.molecules import molecule_system as ms
+
+    kw = dict(temperature_K=cfg.temperature_K, energy_backend=cfg.energy_backend, dtype=cfg.dtype,
+              device=device, n_workers=cfg.n_workers, md_ps=cfg.md_ps,
+              md_frame_every_steps=cfg.md_frame_every_steps, reference_path=cfg.reference)
+    cg = list(cfg.cg)
+    if cfg.preset == "alanine-dipeptide":
+        return ms.alanine_dipeptide(cg=cg, **kw)
+    if cfg.prmtop is not None:
+        return ms.from_amber(cfg.prmtop, cfg.pdb, cg, **kw)
+    return ms.from_pdb_and_forcefield(cfg.pdb, cfg.forcefield, cg, **kw)
