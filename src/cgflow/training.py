@@ -84,9 +84,9 @@ def energy_step(flow: ConditionalFlow, system: System, dataset: ALDataset, entri
     norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), grad_clip)
     if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
-        return EnergyBatchResult(loss=float(mean), skipped=True)
+        return EnergyBatchResult(loss=mean.item(), skipped=True)
     optimizer.step()
-    return EnergyBatchResult(loss=float(mean), skipped=False)
+    return EnergyBatchResult(loss=mean.item(), skipped=False)
 
 
 def train_by_energy_epoch(flow, system, dataset: ALDataset, optimizer, counter: EvaluationCounter, *,
