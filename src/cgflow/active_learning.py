@@ -99,7 +99,7 @@ class ActiveLearningRun:
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.system = build_system(cfg.system)
+        self.system = build_system(cfg.system, device=self.device)
         self.edges, self.reference = evaluation_grid(self.system)
         self.grid = torch.as_tensor(bin_centers_grid(self.edges), dtype=torch.float64)
         self.state = RunState()

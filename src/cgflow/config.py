@@ -42,7 +42,9 @@ class MullerBrownConfig(Strict):
         return self
 
 
-SystemConfig = Annotated[Union[MullerBrownConfig], Field(discriminator="name")]
+from cgflow.systems.molecule_config import MoleculeConfig  # noqa: E402
+
+SystemConfig = Annotated[Union[MullerBrownConfig, MoleculeConfig], Field(discriminator="name")]
 
 
 # --- method ------------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ def preset_text(name: str) -> str:
 
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"] if x not in ("muller-brown",)) or "config"
+    loc = ".".join(str(x) for x in first["loc"] if x not in ("muller-brown", "molecule")) or "config"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"

@@ -5,8 +5,11 @@ from __future__ import annotations
 from cgflow.systems.muller_brown import MullerBrownSystem
 
 
-def build_system(cfg):
+def build_system(cfg, device="cpu"):
     """Make the System described by a validated system config (``RunConfig.system``)."""
+    if cfg.name == "molecule":
+        from cgflow.systems.molecule_config import build_molecule_system
+        return build_molecule_system(cfg, device=device)
     if cfg.name == "muller-brown":
         return MullerBrownSystem(beta=cfg.beta, domain=cfg.domain, n_bins=cfg.n_bins,
                                  n_starting_points=cfg.n_starting_points)
