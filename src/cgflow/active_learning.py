@@ -150,8 +150,15 @@ class ActiveLearningRun:
                                   batch_size=c.batch_size, optimizer=self.optimizer, lr=c.lr, generator=gen,
                                   progress=self.cfg.progress)
         self.by_example_nll = losses[-1] if losses else math.nan
-        self.dataset.add(s0, added_in=0, test_fraction=self.cfg.acquisition.test_fraction, rng=self.rng)
+        seed_points = self.cg_grid_points() if self.cfg.mode == "grid" else s0
+        self.dataset.add(seed_points, added_in=0, test_fraction=self.cfg.acquisition.test_fraction, rng=self.rng)
         self.state.wall_time_s += time.perf_counter() - t0
+
+    def cg_grid_points(self) -> torch.Tensor:
+        """The grid of grid conditioning: points_per_dim per CG dim over the domain, both ends included."""
+        axes = [torch.linspace(lo, hi, self.cfg.grid.points_per_dim, dtype=torch.float64)
+                for lo, hi in self.system.cg_domain]
+        return torch.stack([m.reshape(-1) for m in torch.meshgrid(*axes, indexing="ij")], dim=1)
 
     # --- checkpoints --------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
@@ -178,25 +185,44 @@ class ActiveLearningRun:
         self.rng.bit_generator.state = ck["numpy_rng"]
 
     # --- one iteration ------------------------------------------------------------------------
-    def _train_flow(self, iteration: int) -> dict:
+    def _epoch_plan(self, iteration: int) -> tuple[int, int, int, int]:
+        """(first epoch index, epochs now, warm-up epochs, epochs of the lr schedule) for this iteration.
+
+        Active learning: each iteration is its own schedule (warm-up after every data update).
+        Grid: one schedule over all grid.epochs, cut into chunks of grid.ensemble_every_epochs."""
         c = self.cfg.by_energy
+        if self.cfg.mode == "grid":
+            every, total = self.cfg.grid.ensemble_every_epochs, self.cfg.grid.epochs
+            first = (iteration - 1) * every
+            return first, min(every, total - first), c.warmup_epochs_first, total
         epochs = c.epochs_first if iteration == 1 else c.epochs_later
         warmup = c.warmup_epochs_first if iteration == 1 else c.warmup_epochs_later
+        return 0, epochs, warmup, epochs
+
+    def _lr_factor(self, epoch: int, warmup: int, total: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / warmup
+        if self.cfg.by_energy.lr_decay == "cosine" and total > warmup:
+            return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (total - warmup)))
+        return 1.0
+
+    def _train_flow(self, iteration: int) -> dict:
+        c = self.cfg.by_energy
+        first, epochs, warmup, total = self._epoch_plan(iteration)
         n_steps = self.dataset.epoch_size(c.old_fraction, c.batch_size) // c.batch_size
         bar = tqdm(total=epochs * n_steps, desc=f"iteration {iteration}: flow by energy",
                    leave=False, disable=not self.cfg.progress, mininterval=0.5)
         out, skipped = {}, 0
-        for epoch in range(epochs):
-            factor = (epoch + 1) / warmup if epoch < warmup else 1.0
+        for epoch in range(first, first + epochs):
             for g in self.optimizer.param_groups:
-                g["lr"] = c.lr * factor
+                g["lr"] = c.lr * self._lr_factor(epoch, warmup, total)
             clip = c.grad_clip_early if epoch < c.grad_clip_switch_epoch else c.grad_clip_late
             out = train_by_energy_epoch(self.flow, self.system, self.dataset, self.optimizer, self.state.counter,
                                         batch_size=c.batch_size, old_fraction=c.old_fraction,
                                         drop_top_k=c.drop_top_k, grad_clip=clip, rng=self.rng, progress_bar=bar)
             skipped += out["skipped"]
         bar.close()
-        return {"flow_loss": out.get("loss", math.nan), "flow_epochs": epochs, "skipped_steps": skipped}
+        return {"flow_loss": out.get("loss", math.nan), "flow_epochs": first + epochs, "skipped_steps": skipped}
 
     def labels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Importance-sampling PMF labels (kT) of the train CG points with >= 1 evaluated copy.
@@ -258,26 +284,13 @@ class ActiveLearningRun:
         t2 = time.perf_counter()
         mean, std = self.pmf_on_grid()
         acc = self.accuracy(mean)
-        sc = cfg.sampler
-        mc = find_high_error_points(self.ensemble.mean_and_std, self._mc_starts().to(self.device),
-                                    periodic=self.system.cg_periodic, step_size=sc.step_size,
-                                    threshold=sc.threshold, n_find=sc.n_find, min_steps=sc.min_steps,
-                                    max_steps=sc.max_steps,
-                                    domain=self.system.cg_domain if sc.confine_to_domain else None, beta=sc.beta,
-                                    progress=cfg.progress)
-        times["t_mc_s"] = time.perf_counter() - t2
-
-        n_added = 0
-        if mc.exhausted:
-            st.done, st.stop_reason = True, f"MC found no point with std > {sc.threshold} kT in {sc.max_steps} steps"
+        n_added, mc_row = 0, {}
+        if cfg.mode == "grid":
+            if row["flow_epochs"] >= cfg.grid.epochs:
+                st.done, st.stop_reason = True, f"grid conditioning finished its {cfg.grid.epochs} epochs"
         else:
-            a = cfg.acquisition
-            centers = mc.points.cpu()[farthest_point_selection(mc.points.cpu(), a.n_select, self.system.cg_periodic,
-                                                               self.rng)]
-            new = spread_uniform_ball(centers, a.spread_points, a.spread_radius, self.system.cg_periodic, self.rng)
-            self.dataset.add(new, added_in=it, test_fraction=a.test_fraction, rng=self.rng)
-            st.mc_start = centers
-            n_added = new.shape[0]
+            n_added, mc_row = self._acquire(it)
+        times["t_mc_s"] = time.perf_counter() - t2
         kld = acc.get("forward_kld")
         if not st.done and cfg.stopping.kld_threshold is not None and kld is not None \
                 and kld < cfg.stopping.kld_threshold:
@@ -289,7 +302,7 @@ class ActiveLearningRun:
         row.update({
             "n_train_points_labelled": int(pts.shape[0]), "n_points_total": len(self.dataset),
             "n_points_added": n_added, **{f"evals_{k}": v for k, v in st.counter.as_dict().items()},
-            **acc, **fit, "mc_steps": mc.steps, "mc_acceptance": mc.acceptance,
+            **acc, **fit, **mc_row,
             **times, "wall_time_s": st.wall_time_s,
         })
         st.rows.append(row)
@@ -299,6 +312,27 @@ class ActiveLearningRun:
         for r in self.reporters:
             r.on_iteration(self, row)
         return row
+
+    def _acquire(self, it: int) -> tuple[int, dict]:
+        """MC on the ensemble mean, diversity selection and spreading; returns (points added, metrics)."""
+        cfg, st, sc = self.cfg, self.state, self.cfg.sampler
+        mc = find_high_error_points(self.ensemble.mean_and_std, self._mc_starts().to(self.device),
+                                    periodic=self.system.cg_periodic, step_size=sc.step_size,
+                                    threshold=sc.threshold, n_find=sc.n_find, min_steps=sc.min_steps,
+                                    max_steps=sc.max_steps,
+                                    domain=self.system.cg_domain if sc.confine_to_domain else None, beta=sc.beta,
+                                    progress=cfg.progress)
+        row = {"mc_steps": mc.steps, "mc_acceptance": mc.acceptance}
+        if mc.exhausted:
+            st.done, st.stop_reason = True, f"MC found no point with std > {sc.threshold} kT in {sc.max_steps} steps"
+            return 0, row
+        a = cfg.acquisition
+        pts = mc.points.cpu()
+        centers = pts[farthest_point_selection(pts, a.n_select, self.system.cg_periodic, self.rng)]
+        new = spread_uniform_ball(centers, a.spread_points, a.spread_radius, self.system.cg_periodic, self.rng)
+        self.dataset.add(new, added_in=it, test_fraction=a.test_fraction, rng=self.rng)
+        st.mc_start = centers
+        return new.shape[0], row
 
     def _save_pmf(self, mean, std) -> None:
         extra = {}

@@ -82,6 +82,8 @@ class ByEnergyConfig(Strict):
     drop_top_k: NonNegInt = 0
     old_fraction: Fraction = 0.3
     test_loss: bool = True
+    # after the warm-up: constant lr, or (grid mode) cosine decay to 0 over the remaining epochs
+    lr_decay: Literal["none", "cosine"] = "none"
 
 
 class LabelsConfig(Strict):
@@ -119,6 +121,14 @@ class AcquisitionConfig(Strict):
     test_fraction: Fraction = 0.2
 
 
+class GridConfig(Strict):
+    """Grid conditioning (mode: grid): train the flow on a fixed grid of CG points, no active learning."""
+
+    points_per_dim: Annotated[int, Field(ge=2)] = 100
+    epochs: PositiveInt = 100
+    ensemble_every_epochs: PositiveInt = 10
+
+
 class StoppingConfig(Strict):
     kld_threshold: PositiveFloat | None = None
     max_iterations: PositiveInt = 100
@@ -128,6 +138,7 @@ class RunConfig(Strict):
     """Everything a run needs; saved as config.yaml in the run directory."""
 
     system: SystemConfig = Field(default_factory=MullerBrownConfig)
+    mode: Literal["active_learning", "grid"] = "active_learning"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
@@ -139,6 +150,7 @@ class RunConfig(Strict):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     stopping: StoppingConfig = Field(default_factory=StoppingConfig)
+    grid: GridConfig = Field(default_factory=GridConfig)
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -117,8 +117,13 @@ def rq_spline(x: torch.Tensor, params: torch.Tensor, bound: torch.Tensor, circul
         a = h * (s - d_k) + dy * dsum
         b = h * d_k - dy * dsum
         c = -s * dy
-        disc = torch.clamp(b * b - 4.0 * a * c, min=0.0)
-        theta = (2.0 * c) / (-b - torch.sqrt(disc))
+        sq = torch.sqrt(torch.clamp(b * b - 4.0 * a * c, min=0.0))
+        # the root in [0, 1] is 2c / (-b - sq) = (-b + sq) / (2a); take the form without cancellation
+        # (for b < 0 the root's a is > 0).  Safe denominators keep the unused branch finite.
+        pos = b >= 0
+        den1 = torch.where(pos, -b - sq, -torch.ones_like(b))
+        den2 = torch.where(pos, torch.ones_like(a), 2.0 * a)
+        theta = torch.where(pos, (2.0 * c) / den1, (-b + sq) / den2)
         theta = torch.clamp(theta, 0.0, 1.0)
         t1 = theta * (1.0 - theta)
         denom = s + dsum * t1
@@ -138,12 +143,13 @@ def rq_spline(x: torch.Tensor, params: torch.Tensor, bound: torch.Tensor, circul
 class _ResidualNet(nn.Module):
     """in -> hidden, n_res x [h + W2 relu(W1 [relu(h), ctx])], relu -> out (zero initialized)."""
 
-    def __init__(self, n_in: int, n_ctx: int, hidden: int, n_out: int, n_res_blocks: int, out_bias: torch.Tensor):
+    def __init__(self, n_in: int, n_ctx: int, hidden: int, n_out: int, n_res_blocks: int, out_bias: torch.Tensor,
+                 dtype: torch.dtype):
         super().__init__()
-        self.inp = nn.Linear(n_in + n_ctx, hidden)
-        self.res1 = nn.ModuleList(nn.Linear(hidden + n_ctx, hidden) for _ in range(n_res_blocks))
-        self.res2 = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(n_res_blocks))
-        self.out = nn.Linear(hidden, n_out)
+        self.inp = nn.Linear(n_in + n_ctx, hidden, dtype=dtype)
+        self.res1 = nn.ModuleList(nn.Linear(hidden + n_ctx, hidden, dtype=dtype) for _ in range(n_res_blocks))
+        self.res2 = nn.ModuleList(nn.Linear(hidden, hidden, dtype=dtype) for _ in range(n_res_blocks))
+        self.out = nn.Linear(hidden, n_out, dtype=dtype)
         with torch.no_grad():
             self.out.weight.zero_()
             self.out.bias.copy_(out_bias)
@@ -161,7 +167,7 @@ class _CouplingBlock(nn.Module):
 
     def __init__(self, id_idx: torch.Tensor, tr_idx: torch.Tensor, periodic: torch.Tensor, n_ctx: int, hidden: int,
                  n_res_blocks: int, n_bins: int, tail_bound: float, unconditional_identity_spline: bool,
-                 spline_kw: dict):
+                 spline_kw: dict, dtype: torch.dtype):
         super().__init__()
         self.n_bins = n_bins
         self.n_id = int(id_idx.numel())
@@ -187,11 +193,11 @@ class _CouplingBlock(nn.Module):
                                                                                        dtype=torch.float64)])
         if self.n_tr > 0:
             self.net = _ResidualNet(n_feat, n_ctx, hidden, self.n_tr * 3 * n_bins, n_res_blocks,
-                                    p_bias.repeat(self.n_tr))
+                                    p_bias.repeat(self.n_tr), dtype)
         else:
             self.net = None
         if self.unconditional:
-            self.id_params = nn.Parameter(p_bias.repeat(self.n_id, 1))
+            self.id_params = nn.Parameter(p_bias.repeat(self.n_id, 1).to(dtype))
         else:
             self.register_parameter("id_params", None)
 
@@ -284,7 +290,7 @@ class ConditionalSplineFlow(ConditionalFlow):
             id_idx = torch.nonzero(m).flatten()
             tr_idx = torch.nonzero(~m).flatten()
             blocks.append(_CouplingBlock(id_idx, tr_idx, periodic, features.n_features, hidden, n_res_blocks, n_bins,
-                                         tail_bound, unconditional_identity_spline, spline_kw))
+                                         tail_bound, unconditional_identity_spline, spline_kw, dtype))
         self.blocks = nn.ModuleList(blocks)
         # shift after blocks 1, 3, 5, ... except the last
         self.shift_after = tuple(i for i in range(n_blocks) if circular_shift and self._any_periodic
