@@ -83,11 +83,12 @@ class ActiveLearningRun:
         cfg: validated configuration.
         run_dir: output directory; must not exist unless ``resume``.
         resume: continue from ``run_dir/checkpoint.pt`` (the config saved there is used; a
-            different ``cfg`` is refused).
+            different ``cfg`` is refused; None takes the saved one).
         reporters: progress observers.
+    Constructing with ``resume=True`` only loads the state; nothing runs until :meth:`run`/:meth:`step`.
     """
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, reporters=()):
+    def __init__(self, cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = False, reporters=()):
         self.run_dir = Path(run_dir)
         self.reporters = list(reporters)
         if resume:

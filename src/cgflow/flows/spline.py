@@ -17,7 +17,8 @@ half (the *transformed half*).  Even blocks use the mask, odd blocks its complem
   direction): the conditioner reads the identity half *before* this spline, so the inverse first
   undoes the unconditional spline, then the conditional one.
 * After every second block (not after the last) the circular dims are shifted by a fixed seeded
-  random angle and wrapped (volume preserving).
+  random angle and wrapped (volume preserving); after the last block the accumulated shift is
+  undone (a fixed rotation), so that the whole flow is the identity at initialization.
 * Identity initialization: the last layer of every parameter net (and the unconditional spline
   parameters) is zero with the derivative bias ``log(exp(1 - min_derivative) - 1)``, so every spline
   is the identity at initialization.
@@ -298,6 +299,9 @@ class ConditionalSplineFlow(ConditionalFlow):
         shifts = (torch.rand(max(len(self.shift_after), 1), fg_dim, generator=gen, dtype=torch.float64) * 2 - 1)
         shifts = torch.where(periodic, shifts * math.pi, torch.zeros_like(shifts))
         self.register_buffer("shifts", shifts)
+        # after the last block the accumulated shift is undone (a fixed rotation, volume preserving),
+        # so that the flow is exactly the identity at initialization
+        self.register_buffer("unshift", -shifts[:len(self.shift_after)].sum(0))
         self._shift_slot = {b: j for j, b in enumerate(self.shift_after)}
         self.to(dtype)
 
@@ -320,11 +324,15 @@ class ConditionalSplineFlow(ConditionalFlow):
             log_det = log_det + ld
             if i in self._shift_slot:
                 x = self._wrap(x + self.shifts[self._shift_slot[i]].to(x.dtype))
+        if self.shift_after:
+            x = x + self.unshift.to(x.dtype)
         return self._wrap(x), log_det
 
     def inverse(self, x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx = self._context(s, x)
         z = self._wrap(x)
+        if self.shift_after:
+            z = self._wrap(z - self.unshift.to(z.dtype))
         log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for i in range(self.n_blocks - 1, -1, -1):
             if i in self._shift_slot:
