@@ -65,6 +65,13 @@ def build_flow(cfg: RunConfig, system: System, features: CGFeatures) -> Conditio
         if any(system.fg_periodic):
             raise ValueError("flow.kind 'affine' cannot model periodic FG coordinates")
         return ConditionalAffineFlow(system.fg_dim, features, cfg.flow.hidden, cfg.flow.activation)
+    if cfg.flow.kind == "spline":
+        from cgflow.flows.spline import ConditionalSplineFlow
+
+        f = cfg.flow
+        return ConditionalSplineFlow(system.fg_dim, tuple(system.fg_periodic), features, n_blocks=f.n_blocks,
+                                     hidden=f.hidden[0], n_res_blocks=f.n_res_blocks, n_bins=f.n_bins,
+                                     tail_bound=f.tail_bound, seed=cfg.seed)
     raise ValueError(f"unknown flow kind {cfg.flow.kind!r}")
 
 

@@ -49,9 +49,17 @@ SystemConfig = Annotated[Union[MullerBrownConfig, MoleculeConfig], Field(discrim
 
 # --- method ------------------------------------------------------------------------------------
 class FlowConfig(Strict):
-    kind: Literal["affine"] = "affine"
+    """affine: the Müller-Brown flow (MLPs with layer widths ``hidden`` and ``activation``);
+    spline: RQ-spline coupling blocks for molecules (``n_blocks`` blocks, residual nets of width
+    ``hidden[0]`` with ``n_res_blocks`` residual blocks, ``n_bins`` bins, linear tails at ``tail_bound``)."""
+
+    kind: Literal["affine", "spline"] = "affine"
     hidden: list[PositiveInt] = [64, 64]
     activation: Literal["sigmoid", "relu", "tanh", "silu"] = "sigmoid"
+    n_blocks: PositiveInt = 12
+    n_res_blocks: PositiveInt = 1
+    n_bins: Annotated[int, Field(ge=2)] = 8
+    tail_bound: PositiveFloat = 5.0
     # how non-periodic CG inputs of the flow are standardized: with the starting data's mean/std
     # (reference code; far CG points then enter the network with large magnitude) or with the
     # mean/std of a uniform distribution over the CG domain
