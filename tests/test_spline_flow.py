@@ -103,7 +103,7 @@ def test_spline_boundary_derivatives():
     """Circular splines: equal derivatives at -pi and pi; linear ones: derivative 1 at +-B (C1 tails)."""
     torch.manual_seed(0)
     k = 8
-    params = torch.randn(1, 2, 3 * k, dtype=torch.float64)
+    params = torch.randn(1, 3 * k, 2, dtype=torch.float64)
     bound = torch.tensor([math.pi, 5.0], dtype=torch.float64)
     circular = torch.tensor([True, False])
     x = torch.tensor([[-math.pi, -5.0], [math.pi - 1e-12, 5.0]], dtype=torch.float64)
@@ -175,4 +175,38 @@ def test_graph_capture_without_breaks():
             pytest.skip(f"torch.compile unsupported here: {exc}")
         raise
     for a, b in zip(out, step(z, s)):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu_and_graph_capture():
+    flow = make_flow()
+    s = cg_points(32)
+    z = flow.sample_base(32)
+    x_cpu, ld_cpu = flow(z, s)
+    flow = flow.to("cuda")
+    static_z, static_s = z.cuda(), s.cuda()
+
+    def step(z, s):
+        x, ld = flow(z, s)
+        return x, ld, flow.log_prob(x, s)
+
+    with torch.no_grad():
+        x, ld, _ = step(static_z, static_s)
+        assert torch.allclose(x.cpu(), x_cpu, atol=1e-10) and torch.allclose(ld.cpu(), ld_cpu, atol=1e-10)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step(static_z, static_s)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # fails on any host synchronization
+            out = step(static_z, static_s)
+        z2 = flow.sample_base(32)
+        static_z.copy_(z2)
+        graph.replay()
+        ref = step(z2, static_s)
+    torch.cuda.synchronize()
+    for a, b in zip(out, ref):
         assert torch.allclose(a, b, atol=1e-12)

@@ -158,7 +158,12 @@ class ActiveLearningRun:
                                   batch_size=c.batch_size, optimizer=self.optimizer, lr=c.lr, generator=gen,
                                   progress=self.cfg.progress)
         self.by_example_nll = losses[-1] if losses else math.nan
-        seed_points = self.cg_grid_points() if self.cfg.mode == "grid" else s0
+        seed_points = s0
+        n_seed = self.cfg.acquisition.n_seed_points
+        if self.cfg.mode == "grid":
+            seed_points = self.cg_grid_points()
+        elif n_seed is not None and n_seed < s0.shape[0]:
+            seed_points = s0[torch.as_tensor(self.rng.choice(s0.shape[0], size=n_seed, replace=False))]
         self.dataset.add(seed_points, added_in=0, test_fraction=self.cfg.acquisition.test_fraction, rng=self.rng)
         self.state.wall_time_s += time.perf_counter() - t0
 

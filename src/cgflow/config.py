@@ -123,6 +123,8 @@ class SamplerConfig(Strict):
 
 
 class AcquisitionConfig(Strict):
+    # how many CG points of the starting data seed the dataset (a random subset; None: all)
+    n_seed_points: PositiveInt | None = None
     n_select: PositiveInt = 1
     spread_radius: PositiveFloat = 0.5
     spread_points: PositiveInt = 65

@@ -59,7 +59,8 @@ def rq_spline(x: torch.Tensor, params: torch.Tensor, bound: torch.Tensor, circul
 
     Args:
         x: (B, D) inputs (outputs of the spline if ``inverse``).
-        params: (B, D, 3K) unnormalized parameters: K widths, K heights, K derivatives.  For
+        params: (B, 3K, D) unnormalized parameters: K widths, K heights, K derivatives (bins along
+            dim 1, so that the per-bin operations run over contiguous rows of D values).  For
             non-circular dims derivative ``K-1`` is unused (both boundary derivatives are 1); for
             circular dims it is the shared boundary derivative (first knot = last knot).
         bound: (D,) the spline lives on [-bound, bound].
@@ -70,10 +71,10 @@ def rq_spline(x: torch.Tensor, params: torch.Tensor, bound: torch.Tensor, circul
     Returns:
         (y, log|dy/dx|) both (B, D).
     """
-    k = params.shape[-1] // 3
-    uw, uh, ud = params[..., :k], params[..., k:2 * k], params[..., 2 * k:]
-    dtype = x.dtype
-    bound = bound.to(dtype)
+    n, d3, dim = params.shape
+    k = d3 // 3
+    u = params.view(n, 3, k, dim)
+    bound = bound.to(x.dtype)
     lo = -bound
 
     x = torch.where(circular, wrap_angle(x), x)
@@ -81,30 +82,31 @@ def rq_spline(x: torch.Tensor, params: torch.Tensor, bound: torch.Tensor, circul
     # evaluate the spline formula only on values inside the interval (finite gradients everywhere)
     xc = torch.clamp(x, min=lo, max=bound)
 
-    def knots(u, min_size):
-        size = min_size + (1.0 - min_size * k) * torch.softmax(u, dim=-1)
-        cum = torch.cumsum(size, dim=-1)
-        zeros = torch.zeros_like(cum[..., :1])
-        ones = torch.ones_like(cum[..., :1])
-        cum = torch.cat([zeros, cum[..., :-1], ones], dim=-1)  # exact end points 0 and 1
-        return lo[:, None] + (2.0 * bound)[:, None] * cum  # (B, D, K+1)
+    # knots: widths (row 0) and heights (row 1) together, (B, 2, K+1, D), exact end points -B and B
+    frac = torch.softmax(u[:, :2], dim=2)
+    if min_bin_width == min_bin_height:
+        size = min_bin_width + (1.0 - min_bin_width * k) * frac
+    else:
+        size = torch.cat([min_bin_width + (1.0 - min_bin_width * k) * frac[:, :1],
+                          min_bin_height + (1.0 - min_bin_height * k) * frac[:, 1:]], dim=1)
+    cum = torch.cumsum(size, dim=2)
+    edge = torch.zeros_like(cum[:, :, :1])
+    cum = torch.cat([edge, cum[:, :, :-1], edge + 1.0], dim=2)
+    knots = lo + (2.0 * bound) * cum
+    # knot derivatives (B, K+1, D); boundary ones tied (circular) or 1 (linear tails)
+    deriv = min_derivative + F.softplus(u[:, 2])
+    d_edge = torch.where(circular, deriv[:, k - 1], torch.ones_like(deriv[:, k - 1]))[:, None]
+    deriv = torch.cat([d_edge, deriv[:, :k - 1], d_edge], dim=1)
 
-    kx = knots(uw, min_bin_width)
-    ky = knots(uh, min_bin_height)
-    d = min_derivative + F.softplus(ud)
-    d_boundary = torch.where(circular, d[..., k - 1], torch.ones_like(d[..., k - 1]))[..., None]
-    dk = torch.cat([d_boundary, d[..., :k - 1], d_boundary], dim=-1)  # (B, D, K+1)
-
-    search = ky if inverse else kx
-    idx = (xc[..., None] >= search[..., 1:k]).sum(dim=-1, keepdim=True)  # bin index in [0, K-1]
-    table = torch.stack([kx, ky, dk], dim=-2)  # (B, D, 3, K+1)
-    i0 = idx[..., None, :].expand(*idx.shape[:-1], 3, 1)
-    left = torch.gather(table, -1, i0)[..., 0]  # (B, D, 3)
-    right = torch.gather(table, -1, i0 + 1)[..., 0]
-    x_k, y_k, d_k = left.unbind(-1)
-    x_k1, y_k1, d_k1 = right.unbind(-1)
-    w = x_k1 - x_k
-    h = y_k1 - y_k
+    idx = (xc[:, None] >= knots[:, 1 if inverse else 0, 1:k]).sum(dim=1, keepdim=True)  # (B, 1, D) in [0, K-1]
+    idx2 = idx[:, None].expand(n, 2, 1, dim)
+    left = torch.gather(knots, 2, idx2)[:, :, 0]  # (B, 2, D)
+    right = torch.gather(knots, 2, idx2 + 1)[:, :, 0]
+    x_k, y_k = left[:, 0], left[:, 1]
+    w = right[:, 0] - x_k
+    h = right[:, 1] - y_k
+    d_k = torch.gather(deriv, 1, idx)[:, 0]
+    d_k1 = torch.gather(deriv, 1, idx + 1)[:, 0]
     s = h / w
     dsum = d_k1 + d_k - 2.0 * s
 
@@ -194,11 +196,11 @@ class _CouplingBlock(nn.Module):
                                                                                        dtype=torch.float64)])
         if self.n_tr > 0:
             self.net = _ResidualNet(n_feat, n_ctx, hidden, self.n_tr * 3 * n_bins, n_res_blocks,
-                                    p_bias.repeat(self.n_tr), dtype)
+                                    p_bias.repeat_interleave(self.n_tr), dtype)
         else:
             self.net = None
         if self.unconditional:
-            self.id_params = nn.Parameter(p_bias.repeat(self.n_id, 1).to(dtype))
+            self.id_params = nn.Parameter(p_bias[:, None].repeat(1, self.n_id).to(dtype))  # (3K, n_id)
         else:
             self.register_parameter("id_params", None)
 
@@ -207,7 +209,7 @@ class _CouplingBlock(nn.Module):
         xl = x_id.index_select(-1, self.id_lin_pos)
         feat = torch.cat([torch.cos(xc), torch.sin(xc), xl], dim=-1)
         p = self.net(feat, ctx)
-        return p.reshape(p.shape[0], self.n_tr, 3 * self.n_bins)
+        return p.view(p.shape[0], 3 * self.n_bins, self.n_tr)
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor, inverse: bool = False):
         xp = x.index_select(-1, self.perm)
@@ -223,7 +225,7 @@ class _CouplingBlock(nn.Module):
         if not inverse:
             p_tr = self._conditioner(x_id, ctx)
             if self.unconditional:
-                params = torch.cat([self.id_params[None].expand(n, -1, -1), p_tr], dim=1)
+                params = torch.cat([self.id_params[None].expand(n, -1, -1), p_tr], dim=2)
                 y, ld = rq_spline(xp, params, self.bound_perm, self.circ_perm, **self.spline_kw)
             else:
                 y_tr, ld = rq_spline(x_tr, p_tr, self.bound_perm[self.n_id:], self.circ_perm[self.n_id:],
@@ -260,6 +262,8 @@ class ConditionalSplineFlow(ConditionalFlow):
         circular_shift: shift circular dims by a fixed random angle after every second block.
         seed: seed of the masks and shifts.
         dtype: parameter dtype (inputs are expected in this dtype).
+        min_bin_width, min_bin_height, min_derivative: lower bounds of the spline parameters
+            (widths and heights as fractions of the interval).
     """
 
     def __init__(self, fg_dim: int, fg_periodic: tuple[bool, ...] | None, features: CGFeatures, n_blocks: int = 12,
@@ -303,7 +307,8 @@ class ConditionalSplineFlow(ConditionalFlow):
         # so that the flow is exactly the identity at initialization
         self.register_buffer("unshift", -shifts[:len(self.shift_after)].sum(0))
         self._shift_slot = {b: j for j, b in enumerate(self.shift_after)}
-        self.to(dtype)
+        # (the networks are created in ``dtype``; the float64 buffers are cast where used, and the
+        # passed-in ``features`` module is left as it is)
 
     # --- helpers -----------------------------------------------------------------------------------
     def _wrap(self, x: torch.Tensor) -> torch.Tensor:
