@@ -272,3 +272,12 @@ def test_fullgraph_traceable(te64, frames):
     f = torch.compile(te64.energy_kJ_per_mol, backend="eager", fullgraph=True)
     x = torch.tensor(frames[:4])
     torch.testing.assert_close(f(x), te64.energy_kJ_per_mol(x))
+
+
+def test_cpu_chunking_gives_the_same_energies(system, frames):
+    te = TorchEnergy(system, temperature_K=300.0)
+    x = torch.as_tensor(frames)
+    whole = te.energy_kJ_per_mol(x)
+    te.cpu_chunk_size = 7
+    assert x.shape[0] > 7
+    assert torch.allclose(te.energy_kJ_per_mol(x), whole, rtol=0, atol=1e-9)

@@ -663,9 +663,20 @@ class TorchEnergy(nn.Module):
         x, r, r2 = self._prepare(x)
         return {name: term(x, r, r2) for name, term in self.terms.items()}
 
+    #: on the CPU, batches larger than this are evaluated in chunks (the pair tensors of a batch of
+    #: 16384 no longer fit the caches: measured 2-3x slower per configuration than 1024, see
+    #: docs/benchmarks.md).  Not applied on CUDA, where large fixed-shape batches are the point.
+    cpu_chunk_size: int = 1024
+
     def energy_kJ_per_mol(self, x: Tensor) -> Tensor:
         """Potential energy (kJ/mol), shape (B,), differentiable.  x: (B, N, 3) in nm, any float
         dtype/device (converted to the module's).  NaN/inf positions give NaN/inf energies."""
+        c = self.cpu_chunk_size
+        if self.device.type == "cpu" and x.shape[0] > c:
+            return torch.cat([self._energy(x[i:i + c]) for i in range(0, x.shape[0], c)])
+        return self._energy(x)
+
+    def _energy(self, x: Tensor) -> Tensor:
         x, r, r2 = self._prepare(x)
         e = torch.zeros_like(r[:, 0])
         for term in self.terms.values():
