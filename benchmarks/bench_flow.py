@@ -49,14 +49,8 @@ from cgflow.flows.spline import ConditionalSplineFlow  # noqa: E402
 ALANINE_FG_DIM = 58
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import cpu_model  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------
