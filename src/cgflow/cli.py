@@ -163,9 +163,15 @@ def presets(show: Optional[str] = typer.Argument(None, help="Print this preset's
     typer.echo(preset_text(show), nl=False)
 
 
+from cgflow import cli_baselines  # noqa: E402,F401  (registers md, umbrella, metad, reference, compare)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    # `python -m cgflow.cli`: run the app of the imported module, on which cli_baselines registered
+    from cgflow.cli import app as _app
+
+    sys.exit(_app())

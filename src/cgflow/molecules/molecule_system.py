@@ -40,6 +40,7 @@ from cgflow.molecules.internal_coordinates import (
     zmatrix_from_mdtraj_topology,
 )
 from cgflow.molecules.starting_data import md_starting_data, minimize_positions
+from cgflow.reference_file import load_reference
 from cgflow.system import ReferencePMF, StartingData
 
 __all__ = ["MoleculeSystem", "alanine_dipeptide", "from_amber", "from_pdb_and_forcefield", "parse_cg_spec",
@@ -256,20 +257,51 @@ class MoleculeSystem:
     def reference(self) -> ReferencePMF | None:
         if self.reference_path is None:
             return None
-        with np.load(self.reference_path, allow_pickle=False) as z:
-            missing = {"edges", "prob"} - set(z.files)
-            if missing:
-                raise ValueError(f"reference file {self.reference_path} lacks {sorted(missing)}")
-            edges = np.asarray(z["edges"], dtype=np.float64)
-            prob = np.asarray(z["prob"], dtype=np.float64)
-        nb = edges.shape[0] - 1
-        if edges.ndim != 1 or nb < 1 or prob.shape != (nb,) * self.cg_dim:
-            raise ValueError(f"reference file {self.reference_path}: edges {edges.shape} and prob {prob.shape} do "
-                             f"not describe {self.cg_dim} CG dimensions")
-        if not np.isclose(prob.sum(), 1.0, rtol=1e-6):
-            raise ValueError(f"reference file {self.reference_path}: prob sums to {prob.sum()}, not 1")
-        return ReferencePMF(edges=[edges.copy() for _ in range(self.cg_dim)], prob=prob,
-                            description=f"reference PMF from {self.reference_path}")
+        return load_reference(self.reference_path, self.cg_dim)
+
+    # --- MD baselines -------------------------------------------------------------------------
+    def simulation_view(self):
+        """The molecule as particles for the MD / umbrella / metadynamics baselines."""
+        import openmm
+        import openmm.unit as unit
+
+        from cgflow.baselines.simulation_view import SimulationView
+        from cgflow.molecules.internal_coordinates import compute_dihedrals
+
+        xml = openmm.XmlSerializer.serialize(self.openmm_system)
+
+        def make_system(n_copies: int):
+            if n_copies != 1:
+                raise ValueError("a molecule cannot be copied into one OpenMM System (implicit solvent couples "
+                                 "all atoms); run replicas with the torch engine")
+            return openmm.XmlSerializer.deserialize(xml)
+
+        def make_topology(n_copies: int):
+            make_system(n_copies)
+            return self.topology.to_openmm()
+
+        def make_cg_forces():
+            forces = []
+            for atoms in self.cg_atoms:
+                f = openmm.CustomTorsionForce("theta")
+                f.addTorsion(*[int(i) for i in atoms], [])
+                forces.append(f)
+            return forces
+
+        idx = torch.as_tensor(np.array(self.cg_atoms, dtype=np.int64))  # (cg_dim, 4)
+
+        def cg_of_positions(x):
+            x = x.reshape(x.shape[0], self.n_atoms, 3)
+            return torch.stack([compute_dihedrals(*(x[:, int(i)] for i in row)) for row in idx], dim=1)
+
+        masses = np.array([self.openmm_system.getParticleMass(i).value_in_unit(unit.dalton)
+                           for i in range(self.n_atoms)])
+        return SimulationView(
+            name=self.name, make_openmm_system=make_system, make_openmm_topology=make_topology,
+            positions=self.minimized_positions.copy(), masses_amu=masses, temperature_K=self.temperature_K,
+            timestep_fs=self.md_settings["timestep_fs"], make_cg_forces=make_cg_forces,
+            cg_of_positions=cg_of_positions, reduced_energy_of_positions=self.reduced_energy,
+            cg_dim=self.cg_dim, cg_periodic=self.cg_periodic, cg_domain=self.cg_domain, cg_names=self.cg_names)
 
     # --- life cycle ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -116,3 +116,53 @@ class MullerBrownSystem:
         p = np.exp(-(f - f.min()))
         return ReferencePMF(edges=[edges], prob=p / p.sum(),
                             description="exact: adaptive quadrature of exp(-beta U) along y at bin centres")
+
+    # --- MD baselines ---------------------------------------------------------------------------
+    def simulation_view(self, temperature_K: float = 300.0, mass_amu: float = 1.0, timestep_fs: float = 5.0,
+                        z_spring_kj_mol_nm2: float = 1000.0):
+        """Müller-Brown as one particle (x, y in nm; z held near 0 by a spring that does not touch
+        the x, y marginal) with energy beta * U_MB * kT, so u = beta * U_MB in kT at any temperature.
+
+        The mass (1 amu) and time step (5 fs, ~1/40 of the fastest harmonic period in the wells)
+        only set the MD time scale; the baselines count energy evaluations, not time."""
+        import openmm
+        import openmm.app as app
+
+        from cgflow.baselines.simulation_view import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K, SimulationView
+
+        kT = MOLAR_GAS_CONSTANT_KJ_PER_MOL_K * temperature_K
+        terms = "+".join(f"({Ai})*exp(({ai})*(x-({xi}))^2+({bi})*(x-({xi}))*(y-({yi}))+({ci})*(y-({yi}))^2)"
+                         for Ai, ai, bi, ci, xi, yi in zip(A, a, b, c, X0, Y0))
+        expression = f"{self.beta * kT!r}*({terms})+{0.5 * z_spring_kj_mol_nm2!r}*z^2"
+
+        def make_system(n_copies: int):
+            system, force = openmm.System(), openmm.CustomExternalForce(expression)
+            for i in range(n_copies):
+                system.addParticle(mass_amu)
+                force.addParticle(i, [])
+            system.addForce(force)
+            return system
+
+        def make_topology(n_copies: int):
+            top = app.Topology()
+            chain = top.addChain()
+            for _ in range(n_copies):
+                top.addAtom("P", None, top.addResidue("MB", chain))
+            return top
+
+        def make_cg_forces():
+            f = openmm.CustomExternalForce("x-y")
+            f.addParticle(0, [])
+            return [f]
+
+        def reduced_energy_of_positions(x):
+            x = x.reshape(x.shape[0], 3)
+            return self.reduced_energy(x[:, :2]) + 0.5 * z_spring_kj_mol_nm2 / kT * x[:, 2] ** 2
+
+        return SimulationView(
+            name=self.name, make_openmm_system=make_system, make_openmm_topology=make_topology,
+            positions=np.array([[MINIMUM_A[0], MINIMUM_A[1], 0.0]]), masses_amu=np.array([mass_amu]),
+            temperature_K=temperature_K, timestep_fs=timestep_fs, make_cg_forces=make_cg_forces,
+            cg_of_positions=lambda x: (x.reshape(x.shape[0], 3)[:, 0] - x.reshape(x.shape[0], 3)[:, 1])[:, None],
+            reduced_energy_of_positions=reduced_energy_of_positions, cg_dim=1, cg_periodic=self.cg_periodic,
+            cg_domain=self.cg_domain, cg_names=self.cg_names)

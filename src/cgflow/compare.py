@@ -1,0 +1,324 @@
+"""Accuracy against energy evaluations for several methods, measured against one reference PMF
+(``cgflow compare``).
+
+A run directory is either an MD run (``md.json`` with ``"method": "md"`` and the CG trajectory in
+``cg_trajectory/*.npy``) or any run that writes PMF snapshots (``pmf_history/``: active learning,
+grid conditioning, metadynamics, umbrella sampling).  Each becomes a :class:`Curve` of forward /
+reverse KLD (nats) and PMF RMSE (kT) against the energy evaluations spent.
+
+Model probabilities are floored, ``p = max(p, epsilon)`` and renormalized, for every method: the
+forward KLD ``sum p_ref ln(p_ref / p)`` is infinite wherever a method gives zero probability to a
+populated reference bin (MD before it has visited that bin); the floor makes it finite, and the
+result then depends on ``epsilon`` (roughly ``p_ref(bin) * ln(p_ref(bin) / epsilon)`` per missing
+bin).  Run twice with different epsilons to report the sensitivity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from cgflow.metrics import forward_kld, pmf_rmse, probabilities_from_pmf, reverse_kld  # noqa: E402
+from cgflow.pmf_history import DIRNAME as HISTORY_DIR, PMFSnapshot, read_history  # noqa: E402
+from cgflow.reference_file import load_reference  # noqa: E402
+from cgflow.run_directory import atomic_write_text, write_metrics_csv  # noqa: E402
+from cgflow.system import ReferencePMF  # noqa: E402
+
+DEFAULT_LEVELS = (1e-2, 3e-3, 1e-3)
+METHOD_FILES = ("md.json", "metad.json", "umbrella.json")
+
+
+@dataclass
+class Curve:
+    """Accuracy of one run against the reference, one entry per measurement point.
+
+    Attributes:
+        label: name in the plot and tables (``"method (run dir name)"``).
+        evaluations: (n,) int64, energy evaluations spent at each point, increasing.
+        forward_kld: (n,) KL(p_ref || p_model), nats.
+        reverse_kld: (n,) KL(p_model || p_ref), nats.
+        pmf_rmse_kT: (n,) PMF RMSE against the reference, kT, best constant offset removed.
+        method: the method alone (``"md"``, ``"active_learning"`` ...).
+    """
+
+    label: str
+    evaluations: np.ndarray
+    forward_kld: np.ndarray
+    reverse_kld: np.ndarray
+    pmf_rmse_kT: np.ndarray
+    method: str = ""
+
+
+def _floored(p: np.ndarray, epsilon: float) -> np.ndarray:
+    p = np.maximum(np.asarray(p, dtype=np.float64), epsilon)
+    return p / p.sum()
+
+
+def _point(ref: ReferencePMF, p_model: np.ndarray, pmf_kT: np.ndarray, epsilon: float) -> tuple[float, float, float]:
+    """(forward KLD, reverse KLD, RMSE) of one model.  The RMSE runs over the bins populated in
+    both, i.e. p_ref > 0 and a finite model PMF, with the reference weights renormalized there."""
+    q = _floored(p_model, epsilon)
+    both = np.where(np.isfinite(pmf_kT), ref.prob, 0.0)
+    rmse = pmf_rmse(both, np.where(np.isfinite(pmf_kT), pmf_kT, 0.0)) if both.sum() > 0 else np.nan
+    return forward_kld(ref.prob, q), reverse_kld(ref.prob, q, epsilon), rmse
+
+
+def _curve(label, method, evaluations, points) -> Curve:
+    fk, rk, rm = (np.array(v, dtype=np.float64) for v in zip(*points))
+    return Curve(label, np.asarray(evaluations, dtype=np.int64), fk, rk, rm, method)
+
+
+def kld_curve_from_snapshots(snapshots: list[PMFSnapshot], ref: ReferencePMF, label: str = "snapshots",
+                             epsilon: float = 1e-10, method: str = "") -> Curve:
+    """One point per PMF snapshot (sorted by evaluations).  Each snapshot's ``pmf_kT`` (kT, on
+    the bins) must sit on the reference bins, else ValueError naming ``label``.  Bins where the
+    PMF is inf get probability 0 before the ``epsilon`` floor."""
+    if not snapshots:
+        raise ValueError(f"{label}: no PMF snapshots")
+    for s in snapshots:
+        same = len(s.edges) == len(ref.edges) and all(
+            np.shape(e) == np.shape(r) and np.allclose(e, r) for e, r in zip(s.edges, ref.edges))
+        if not same or np.shape(s.pmf_kT) != ref.prob.shape:
+            raise ValueError(f"{label}: snapshot '{s.label}' is not on the reference bins "
+                             f"({[len(e) - 1 for e in s.edges]} bins vs {list(ref.prob.shape)})")
+    snaps = sorted(snapshots, key=lambda s: s.evaluations)
+    pts = [_point(ref, probabilities_from_pmf(s.pmf_kT), np.asarray(s.pmf_kT, dtype=np.float64), epsilon)
+           for s in snaps]
+    return _curve(label, method, [s.evaluations for s in snaps], pts)
+
+
+def _flat_bins(x: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
+    """Flat (C-order) bin index of each sample, x (..., d); -1 outside the edges.  The last edge
+    belongs to the last bin, as in ``np.histogramdd``."""
+    flat = np.zeros(x.shape[:-1], dtype=np.int64)
+    ok = np.ones(x.shape[:-1], dtype=bool)
+    for i, e in enumerate(edges):
+        nb = len(e) - 1
+        b = np.searchsorted(e, x[..., i], side="right") - 1
+        b = np.where(x[..., i] == e[-1], nb - 1, b)
+        ok &= (b >= 0) & (b < nb)
+        flat = flat * nb + np.clip(b, 0, nb - 1)
+    return np.where(ok, flat, -1)
+
+
+def kld_curve_from_md(run_dir, ref: ReferencePMF, n_points: int = 40, epsilon: float = 1e-10,
+                      label: str | None = None) -> Curve:
+    """Accuracy of the histogram of an MD run's CG trajectory against the number of frames.
+
+    The trajectory is ``cg_trajectory/*.npy`` (name order = time order), each (n_frames, R, d);
+    the first ``n`` frames (all R replicas) are histogrammed on the reference bins for ``n`` on a
+    geometric grid of at most ``n_points`` frame counts ending at all frames.  After ``n`` frames
+    the evaluations are ``n * report_every_steps * n_replicas + evaluations_offset``.  Values
+    outside the edges (periodic dims are already wrapped) are dropped but counted as evaluations.
+    The model is the normalized histogram floored at ``epsilon``; the PMF RMSE uses -ln of the
+    histogram over the bins visited by MD and populated in the reference.
+    """
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / "md.json").read_text())
+    k, R, d = int(info["report_every_steps"]), int(info["n_replicas"]), int(info["cg_dim"])
+    label = label or _run_label(run_dir)
+    if d != ref.prob.ndim:
+        raise ValueError(f"{label}: cg_dim {d} but the reference has {ref.prob.ndim} dimension(s)")
+    chunks = sorted((run_dir / "cg_trajectory").glob("*.npy"))
+    sizes = [np.load(c, mmap_mode="r").shape for c in chunks]
+    if not chunks or any(len(s) != 3 or s[1:] != (R, d) for s in sizes):
+        raise ValueError(f"{label}: no CG trajectory of shape (frames, {R}, {d}) in {run_dir / 'cg_trajectory'}")
+    total = sum(s[0] for s in sizes)
+    if total == 0:
+        raise ValueError(f"{label}: the CG trajectory has no frames")
+    targets = np.unique(np.round(np.geomspace(1, total, n_points)).astype(np.int64))
+    counts = np.zeros(ref.prob.size)
+    done, ti, pts = 0, 0, []
+
+    def add(idx):
+        counts[:] += np.bincount(idx[idx >= 0], minlength=counts.size)
+
+    for c in chunks:
+        idx = _flat_bins(np.load(c), ref.edges)
+        start = 0
+        while ti < len(targets) and targets[ti] <= done + len(idx):
+            stop = targets[ti] - done
+            add(idx[start:stop])
+            p = counts / max(counts.sum(), 1.0)
+            with np.errstate(divide="ignore"):
+                pts.append(_point(ref, p.reshape(ref.prob.shape), -np.log(p).reshape(ref.prob.shape), epsilon))
+            start, ti = stop, ti + 1
+        add(idx[start:])
+        done += len(idx)
+    evals = targets * k * R + int(info.get("evaluations_offset", 0))
+    return _curve(label, str(info.get("method", "md")), evals, pts)
+
+
+def evaluations_to_reach(curve: Curve, level: float) -> float | None:
+    """Evaluations at which the forward KLD first falls to ``level`` (nats) or below, linearly
+    interpolated in (log evaluations, log KLD) between the last point above and the first point
+    at/below (linear in evaluations if the point above has 0 evaluations).  The first point's
+    evaluations if it is already at/below; None if never reached.  Only the first crossing counts."""
+    if level <= 0:
+        raise ValueError(f"level must be > 0, got {level}")
+    x, y = curve.evaluations.astype(np.float64), curve.forward_kld
+    below = np.flatnonzero(y <= level)
+    if below.size == 0:
+        return None
+    i = int(below[0])
+    if i == 0 or not np.isfinite(y[i - 1]):
+        return float(x[i])
+    ly0, ly1, ll = np.log(y[i - 1]), np.log(max(y[i], 1e-300)), np.log(level)
+    t = (ly0 - ll) / (ly0 - ly1)
+    if x[i - 1] <= 0:
+        return float(x[i - 1] + t * (x[i] - x[i - 1]))
+    return float(np.exp(np.log(x[i - 1]) + t * (np.log(x[i]) - np.log(x[i - 1]))))
+
+
+def crossing_table(curves: list[Curve], levels=DEFAULT_LEVELS, baseline_label: str | None = None) -> list[dict]:
+    """One row per curve: ``evals@L`` (evaluations to reach forward KLD L, None if never) and
+    ``speedup@L`` = N_baseline(L) / N_method(L) (None where either is missing) for each level,
+    plus the final evaluations and final KLDs / RMSE.  The baseline is the curve labelled
+    ``baseline_label``; by default the first MD curve, else the first curve."""
+    if not curves:
+        raise ValueError("no curves to compare")
+    if baseline_label is None:
+        base = next((c for c in curves if c.method == "md"), curves[0])
+    else:
+        base = next((c for c in curves if c.label == baseline_label), None)
+        if base is None:
+            raise ValueError(f"baseline '{baseline_label}' is not one of {[c.label for c in curves]}")
+    n_base = {lv: evaluations_to_reach(base, lv) for lv in levels}
+    rows = []
+    for c in curves:
+        row = {"label": c.label, "baseline": c is base}
+        for lv in levels:
+            n = evaluations_to_reach(c, lv)
+            row[f"evals@{lv:g}"] = n
+            row[f"speedup@{lv:g}"] = n_base[lv] / n if n and n_base[lv] else None
+        row.update(final_evaluations=int(c.evaluations[-1]), final_forward_kld=float(c.forward_kld[-1]),
+                   final_reverse_kld=float(c.reverse_kld[-1]), final_pmf_rmse_kT=float(c.pmf_rmse_kT[-1]))
+        rows.append(row)
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else ""
+    if isinstance(v, (str, int, np.integer)):
+        return str(v)
+    return f"{v:.3g}"
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """A crossing table as Markdown ("—": level never reached)."""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _run_method(run_dir: Path) -> str:
+    for name in METHOD_FILES:
+        f = run_dir / name
+        if f.is_file():
+            method = json.loads(f.read_text()).get("method")
+            if method:
+                return str(method)
+    cfg = run_dir / "config.yaml"
+    if cfg.is_file():
+        data = yaml.safe_load(cfg.read_text()) or {}
+        if isinstance(data, dict) and data.get("mode"):
+            return str(data["mode"])
+    return "unknown"
+
+
+def _run_label(run_dir: Path) -> str:
+    return f"{_run_method(run_dir)} ({Path(run_dir).resolve().name})"
+
+
+def load_curves(run_dirs, ref: ReferencePMF, epsilon: float = 1e-10, n_points: int = 40) -> list[Curve]:
+    """One curve per run directory: MD (``md.json`` with method "md") or PMF snapshots
+    (``pmf_history/``); ValueError for a directory that is neither.  Duplicate labels get " #2" ..."""
+    curves = []
+    for d in map(Path, run_dirs):
+        md = d / "md.json"
+        if md.is_file() and json.loads(md.read_text()).get("method") == "md":
+            c = kld_curve_from_md(d, ref, n_points=n_points, epsilon=epsilon)
+        elif (snaps := read_history(d)):
+            c = kld_curve_from_snapshots(snaps, ref, _run_label(d), epsilon, _run_method(d))
+        else:
+            raise ValueError(f"{d}: neither an MD run (md.json) nor a run with PMF snapshots ({HISTORY_DIR}/*.npz)")
+        base, n = c.label, 2
+        while c.label in {x.label for x in curves}:
+            c.label, n = f"{base} #{n}", n + 1
+        curves.append(c)
+    return curves
+
+
+def plot_comparison(curves: list[Curve], path, ref_description: str, noise_floor: float | None = None) -> Path:
+    """Two log-log panels against energy evaluations: forward KLD (nats), with the reference's
+    noise floor as a dashed line if given, and PMF RMSE (kT).  Written atomically as PNG."""
+    path = Path(path)
+    fig, (ax, axr) = plt.subplots(1, 2, figsize=(13, 5.2))
+    markers = "osD^vPX*"
+    for i, c in enumerate(curves):
+        kw = dict(marker=markers[i % len(markers)], ms=4, lw=1.5, label=c.label)
+        for a, y in ((ax, c.forward_kld), (axr, c.pmf_rmse_kT)):
+            ok = (c.evaluations > 0) & np.isfinite(y) & (y > 0)
+            a.plot(c.evaluations[ok], y[ok], color=f"C{i}", **kw)
+    if noise_floor is not None:
+        ax.axhline(noise_floor, color="k", ls="--", lw=1, label="reference noise floor")
+    for a, ylab in ((ax, "forward KLD  KL(p_ref ‖ p_model)  (nats)"), (axr, "PMF RMSE (kT)")):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel("energy evaluations")
+        a.set_ylabel(ylab)
+        a.grid(True, which="both", alpha=0.3)
+    ax.set_title("forward KLD vs cost")
+    axr.set_title("PMF RMSE vs cost")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"Accuracy vs energy evaluations — reference: {ref_description}", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=130)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def run_compare(run_dirs, reference_path, out_dir, epsilon: float = 1e-10, overwrite: bool = False,
+                levels=DEFAULT_LEVELS, baseline_label: str | None = None) -> dict:
+    """Compare runs against a reference file; writes ``comparison.png``, ``comparison.md`` and
+    ``curves.csv`` (long format) into ``out_dir``.  Returns ``{"rows": crossing table, "curves":
+    [Curve], "files": [Path]}``.  FileExistsError if ``out_dir`` is non-empty and not ``overwrite``."""
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"output directory {out} exists and is not empty (use overwrite to replace its files)")
+    ref = load_reference(reference_path)
+    curves = load_curves(run_dirs, ref, epsilon)
+    rows = crossing_table(curves, levels, baseline_label)
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_comparison(curves, out / "comparison.png", ref.description, ref.meta.get("noise_floor_forward_kld"))
+    lines = ["# Accuracy vs energy evaluations\n", f"Reference: {ref.description}  ",
+             f"Model probabilities floored at epsilon = {epsilon:g}; KLDs in nats, RMSE in kT; "
+             f"speedup = baseline evaluations / method evaluations to reach a forward KLD; the RMSE "
+             f"covers the bins populated in both (for MD: the bins visited so far).\n",
+             table_markdown(rows)]
+    lines += [f"- {c.label}: {c.evaluations[-1]} evaluations, forward KLD {c.forward_kld[-1]:.4g}, "
+              f"reverse KLD {c.reverse_kld[-1]:.4g}, PMF RMSE {c.pmf_rmse_kT[-1]:.4g} kT" for c in curves]
+    atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
+    write_metrics_csv(out / "curves.csv", [
+        {"label": c.label, "evaluations": int(e), "forward_kld": float(f), "reverse_kld": float(r),
+         "pmf_rmse_kT": float(m)}
+        for c in curves for e, f, r, m in zip(c.evaluations, c.forward_kld, c.reverse_kld, c.pmf_rmse_kT)])
+    return {"rows": rows, "curves": curves, "files": [png, out / "comparison.md", out / "curves.csv"]}
