@@ -202,3 +202,17 @@ def test_run_compare_writes_files_and_refuses_existing_out_dir(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         run_compare(runs, ref_path, out)
     run_compare(runs, ref_path, out, overwrite=True)
+
+
+def test_al_run_without_history_gives_its_final_pmf(tmp_path):
+    """Runs made before pmf_history/ existed: pmf.npz + the last evals_total of metrics.csv."""
+    from cgflow.run_directory import atomic_savez, write_metrics_csv
+
+    ref = _ref_1d()
+    d = tmp_path / "old_al"
+    d.mkdir()
+    (d / "config.yaml").write_text(yaml.safe_dump({"mode": "active_learning"}))
+    write_metrics_csv(d / "metrics.csv", [{"iteration": 1, "evals_total": 100}, {"iteration": 2, "evals_total": 250}])
+    atomic_savez(d / "pmf.npz", edges_0=ref.edges[0], pmf_kT=ref.pmf_kT + 0.0)
+    (c,) = load_curves([d], ref)
+    assert c.evaluations.tolist() == [250] and c.forward_kld[0] < 1e-12

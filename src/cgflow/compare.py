@@ -129,6 +129,8 @@ def kld_curve_from_md(run_dir, ref: ReferencePMF, n_points: int = 40, epsilon: f
     if d != ref.prob.ndim:
         raise ValueError(f"{label}: cg_dim {d} but the reference has {ref.prob.ndim} dimension(s)")
     chunks = sorted((run_dir / "cg_trajectory").glob("*.npy"))
+    if "n_chunks" in info:  # chunks past the last checkpoint of a killed run are not part of it
+        chunks = chunks[: int(info["n_chunks"])]
     sizes = [np.load(c, mmap_mode="r").shape for c in chunks]
     if not chunks or any(len(s) != 3 or s[1:] != (R, d) for s in sizes):
         raise ValueError(f"{label}: no CG trajectory of shape (frames, {R}, {d}) in {run_dir / 'cg_trajectory'}")
@@ -243,6 +245,22 @@ def _run_label(run_dir: Path) -> str:
     return f"{_run_method(run_dir)} ({Path(run_dir).resolve().name})"
 
 
+def _final_snapshot_of_run(run_dir: Path) -> list[PMFSnapshot]:
+    """For active-learning runs made before pmf_history/ existed: the final ``pmf.npz`` with the
+    last row's ``evals_total`` of metrics.csv, as a single snapshot (empty list if absent)."""
+    from cgflow.run_directory import METRICS, PMF, read_metrics_csv
+
+    if not ((run_dir / PMF).is_file() and (run_dir / METRICS).is_file()):
+        return []
+    rows = read_metrics_csv(run_dir / METRICS)
+    if not rows or "evals_total" not in rows[-1]:
+        return []
+    with np.load(run_dir / PMF, allow_pickle=False) as z:
+        n = sum(1 for k in z.files if k.startswith("edges_"))
+        return [PMFSnapshot(edges=[z[f"edges_{i}"] for i in range(n)], pmf_kT=z["pmf_kT"],
+                            evaluations=int(rows[-1]["evals_total"]), label=f"iteration {rows[-1]['iteration']}")]
+
+
 def load_curves(run_dirs, ref: ReferencePMF, epsilon: float = 1e-10, n_points: int = 40) -> list[Curve]:
     """One curve per run directory: MD (``md.json`` with method "md") or PMF snapshots
     (``pmf_history/``); ValueError for a directory that is neither.  Duplicate labels get " #2" ..."""
@@ -251,7 +269,7 @@ def load_curves(run_dirs, ref: ReferencePMF, epsilon: float = 1e-10, n_points: i
         md = d / "md.json"
         if md.is_file() and json.loads(md.read_text()).get("method") == "md":
             c = kld_curve_from_md(d, ref, n_points=n_points, epsilon=epsilon)
-        elif (snaps := read_history(d)):
+        elif (snaps := read_history(d) or _final_snapshot_of_run(d)):
             c = kld_curve_from_snapshots(snaps, ref, _run_label(d), epsilon, _run_method(d))
         else:
             raise ValueError(f"{d}: neither an MD run (md.json) nor a run with PMF snapshots ({HISTORY_DIR}/*.npz)")
