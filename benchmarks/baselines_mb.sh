@@ -12,10 +12,13 @@ python -c "import sys; sys.path.insert(0, 'benchmarks'); from machine import des
   | tee "$OUT/machine.txt"
 cgflow reference --exact mb --out "$OUT/mb_exact.npz"
 cgflow run mb --out "$OUT/active_learning" --seed 0 --no-plots
+# grid conditioning: the same flow trained on 100 fixed CG points (80 train), ensemble refit every 5 epochs
+cgflow run mb --out "$OUT/grid" --seed 0 --no-plots --set mode=grid --set grid.epochs=40 \
+  --set grid.ensemble_every_epochs=5
 # 256 independent replicas in one OpenMM context (one particle each), 2e6 steps each = 5.1e8 evaluations
 OMP_NUM_THREADS=1 cgflow md mb --out "$OUT/md" --steps 2000000 --replicas 256 --report-every 1000
 cgflow metad mb --out "$OUT/metadynamics" --steps 1000000 --bias-factor 10 --deposit-every 100 --snapshot-every 25000
 cgflow umbrella mb --out "$OUT/umbrella" --windows 30 --equilibration-steps 1000 --production-steps 40000 \
   --sample-every 20 --snapshots 8
-cgflow compare "$OUT/md" "$OUT/metadynamics" "$OUT/umbrella" "$OUT/active_learning" \
+cgflow compare "$OUT/md" "$OUT/metadynamics" "$OUT/umbrella" "$OUT/active_learning" "$OUT/grid" \
   --reference "$OUT/mb_exact.npz" --out "$OUT/comparison"

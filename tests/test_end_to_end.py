@@ -11,7 +11,7 @@ from cgflow.config import load_config
 
 SMALL = ["progress=false", "by_example.epochs=20", "by_energy.epochs_first=4", "by_energy.epochs_later=2",
          "ensemble.epochs=60", "stopping.max_iterations=4"]
-TIMING = {"t_flow_s", "t_ensemble_s", "t_mc_s", "wall_time_s"}
+TIMING = {"t_flow_s", "t_energy_s", "t_labels_s", "t_ensemble_s", "t_mc_s", "wall_time_s"}
 
 
 class Interrupt(Exception):
@@ -84,6 +84,23 @@ def test_resume_after_interruption_continues_exactly(tmp_path):
     a = np.load(tmp_path / "full" / rd.PMF)
     b = np.load(tmp_path / "cut" / rd.PMF)
     assert np.array_equal(a["pmf_kT"], b["pmf_kT"])
+
+
+def test_metrics_csv_has_wall_time_per_phase(tmp_path):
+    cfg = load_config("mb", SMALL + ["stopping.max_iterations=2"])
+    run = ActiveLearningRun(cfg, tmp_path / "r")
+    run.run()
+    rows = rd.read_metrics_csv(tmp_path / "r" / rd.METRICS)
+    assert len(rows) == 2
+    previous_wall = 0.0
+    for r in rows:
+        assert TIMING <= set(r), sorted(set(r))
+        assert all(r[k] >= 0 for k in TIMING), r
+        assert r["t_energy_s"] > 0  # energies are evaluated in every iteration
+        assert r["t_energy_s"] <= r["t_flow_s"]  # t_flow_s includes the energy evaluations
+        phases = r["t_flow_s"] + r["t_labels_s"] + r["t_ensemble_s"] + r["t_mc_s"]
+        assert phases <= r["wall_time_s"] - previous_wall + 1e-6
+        previous_wall = r["wall_time_s"]
 
 
 def test_resume_refuses_a_different_config(tmp_path):

@@ -1,10 +1,12 @@
+import time
+
 import torch
 
 from cgflow.evaluation_counter import EvaluationCounter
 from cgflow.features import CGFeatures
 from cgflow.flows import ConditionalAffineFlow
 from cgflow.systems.muller_brown import MullerBrownSystem
-from cgflow.training import reverse_kl_losses
+from cgflow.training import EnergyTimer, reverse_kl_losses
 
 
 class EveryOtherRejected(MullerBrownSystem):
@@ -32,3 +34,23 @@ def test_rejected_samples_are_not_evaluated_not_in_the_loss_and_counted():
     assert (counter.drawn, counter.training, counter.rejected) == (6, 3, 3)
     loss[ok].sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in flow.parameters())
+
+
+class SlowEnergy(MullerBrownSystem):
+    def log_target(self, s, x_fg):
+        time.sleep(0.05)
+        return super().log_target(s, x_fg)
+
+
+def test_energy_timer_accumulates_the_time_of_the_energy_calls():
+    system = SlowEnergy()
+    flow = ConditionalAffineFlow(1, CGFeatures((False,)), [8])
+    s = torch.full((4, 1), -2.0, dtype=torch.float64)
+    timer = EnergyTimer()
+    t0 = time.perf_counter()
+    for _ in range(2):
+        reverse_kl_losses(flow, system, s, EvaluationCounter(), timer)
+    total = time.perf_counter() - t0
+    assert 0.1 <= timer.seconds() <= total
+    reverse_kl_losses(flow, system, s, EvaluationCounter())  # no timer: still works
+    assert timer.seconds() <= total

@@ -27,10 +27,11 @@ from cgflow.features import CGFeatures
 from cgflow.flows import ConditionalAffineFlow, ConditionalFlow
 from cgflow.mc_sampler import find_high_error_points
 from cgflow.metrics import bin_centers_grid, forward_kld, pmf_rmse, probabilities_from_pmf, reverse_kld
+from cgflow.pmf_history import save_snapshot
 from cgflow.pmf_labels import pmf_from_log_weights
 from cgflow.system import System
 from cgflow.systems import build_system
-from cgflow.training import test_loss, train_by_energy_epoch, train_by_example
+from cgflow.training import EnergyTimer, test_loss, train_by_energy_epoch, train_by_example
 
 
 class Reporter(Protocol):
@@ -219,7 +220,7 @@ class ActiveLearningRun:
             return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (total - warmup)))
         return 1.0
 
-    def _train_flow(self, iteration: int) -> dict:
+    def _train_flow(self, iteration: int, energy_timer: EnergyTimer | None = None) -> dict:
         c = self.cfg.by_energy
         first, epochs, warmup, total = self._epoch_plan(iteration)
         n_steps = self.dataset.epoch_size(c.old_fraction, c.batch_size) // c.batch_size
@@ -232,7 +233,8 @@ class ActiveLearningRun:
             clip = c.grad_clip_early if epoch < c.grad_clip_switch_epoch else c.grad_clip_late
             out = train_by_energy_epoch(self.flow, self.system, self.dataset, self.optimizer, self.state.counter,
                                         batch_size=c.batch_size, old_fraction=c.old_fraction,
-                                        drop_top_k=c.drop_top_k, grad_clip=clip, rng=self.rng, progress_bar=bar)
+                                        drop_top_k=c.drop_top_k, grad_clip=clip, rng=self.rng, progress_bar=bar,
+                                        energy_timer=energy_timer)
             skipped += out["skipped"]
         bar.close()
         return {"flow_loss": out.get("loss", math.nan), "flow_epochs": first + epochs, "skipped_steps": skipped}
@@ -275,19 +277,33 @@ class ActiveLearningRun:
         return base.repeat(reps, 1)[:sc.n_chains]
 
     def step(self) -> dict:
-        """Run one AL iteration; returns its metrics row."""
+        """Run one AL iteration; returns its metrics row.
+
+        Wall-time columns (seconds, this iteration): ``t_flow_s`` training by energy plus the test loss,
+        **including** ``t_energy_s``, the time of the energy evaluations within it (training and test
+        loss; forward evaluation only); ``t_labels_s`` the PMF labels; ``t_ensemble_s`` the ensemble
+        fit; ``t_mc_s`` the ensemble on the grid, metrics and acquisition (MC).  ``t_flow_s +
+        t_labels_s + t_ensemble_s + t_mc_s`` is the iteration's time up to saving; ``wall_time_s`` is
+        cumulative over the run, initialization and saving included.
+        """
         cfg, st = self.cfg, self.state
         it = st.iteration
         times = {}
         t0 = time.perf_counter()
         row = {"iteration": it}
-        row.update(self._train_flow(it))
+        energy_timer = EnergyTimer()
+        row.update(self._train_flow(it, energy_timer))
         if cfg.by_energy.test_loss:
-            row["flow_test_loss"] = test_loss(self.flow, self.system, self.dataset, st.counter)
+            row["flow_test_loss"] = test_loss(self.flow, self.system, self.dataset, st.counter, energy_timer)
+        t_energy = energy_timer.seconds()  # reads the CUDA events: one synchronization, inside t_flow_s
         times["t_flow_s"] = time.perf_counter() - t0
+        times["t_energy_s"] = t_energy  # part of t_flow_s
 
         t1 = time.perf_counter()
         pts, lab = self.labels()
+        times["t_labels_s"] = time.perf_counter() - t1
+
+        t1 = time.perf_counter()
         e = cfg.ensemble
         fit = self.ensemble.fit(pts.to(self.device), lab.to(self.device), epochs=e.epochs, batch_size=e.batch_size,
                                 lr=e.lr, split=e.split, train_fraction=e.train_fraction, rng=self.rng,
@@ -320,8 +336,10 @@ class ActiveLearningRun:
         })
         st.rows.append(row)
         st.iteration += 1
-        self._save_checkpoint()
+        # PMF files first: a run killed before the checkpoint redoes this iteration and rewrites them
         self._save_pmf(mean, std)
+        save_snapshot(self.run_dir, it, self.edges, mean, st.counter.total, label=f"iteration {it}")
+        self._save_checkpoint()
         for r in self.reporters:
             r.on_iteration(self, row)
         return row

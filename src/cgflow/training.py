@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,18 +38,65 @@ def train_by_example(flow: ConditionalFlow, s: torch.Tensor, x_fg: torch.Tensor,
     return losses
 
 
+class EnergyTimer:
+    """Accumulates the wall time of the energy evaluations (``system.log_target`` calls).
+
+    On the CPU each call is timed with ``time.perf_counter``.  On CUDA a pair of CUDA events is
+    recorded around each call instead (no host synchronization in the training loop); the events are
+    read, after one synchronization, by :meth:`seconds`, which callers do once per iteration.  The
+    interval then runs from the moment the GPU has finished the work queued before the call (the
+    flow's sampling) to the moment it has finished the energy's work, so host-side backends (the
+    OpenMM pool) are timed correctly too.
+
+    Only the forward evaluation (log-target: reconstruction, log-Jacobian, energy) is timed; its part
+    of the backward pass is inside the optimizer step and not separable.
+    """
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    @contextmanager
+    def time(self, device: torch.device):
+        if device.type == "cuda":
+            stream = torch.cuda.current_stream(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            try:
+                yield
+            finally:
+                end.record(stream)
+                self._events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._seconds += time.perf_counter() - t0
+
+    def seconds(self) -> float:
+        """Total seconds so far (synchronizes with the last recorded CUDA event, if any)."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._seconds += sum(a.elapsed_time(b) for a, b in self._events) / 1e3
+            self._events.clear()
+        return self._seconds
+
+
 @dataclass
 class EnergyBatchResult:
     loss: float          # mean of the kept per-sample losses (nan if the step was skipped)
     skipped: bool        # no finite loss or non-finite gradient: no optimizer step
 
 
-def reverse_kl_losses(flow: ConditionalFlow, system: System, s: torch.Tensor, counter: EvaluationCounter):
+def reverse_kl_losses(flow: ConditionalFlow, system: System, s: torch.Tensor, counter: EvaluationCounter,
+                      energy_timer: EnergyTimer | None = None):
     """Draw one sample per row of s and return (per-sample loss (B,), accepted mask (B,)).
 
     The per-sample loss is log q(x|s) - log p~(x, s) (reverse KL up to a constant); its negative
     is the log importance weight.  Rejected samples (system.valid False) are not evaluated and
-    get a NaN loss.  Counts drawn / rejected / evaluated / non-finite configurations.
+    get a NaN loss.  Counts drawn / rejected / evaluated / non-finite configurations.  The
+    ``system.log_target`` call is timed by ``energy_timer`` if given.
     """
     x, log_q = flow.sample(s)
     with torch.no_grad():
@@ -55,7 +104,8 @@ def reverse_kl_losses(flow: ConditionalFlow, system: System, s: torch.Tensor, co
     n_ok = int(ok.sum())
     loss = torch.full_like(log_q, float("nan"))
     if n_ok:
-        log_p = system.log_target(s[ok], x[ok])
+        with energy_timer.time(s.device) if energy_timer is not None else nullcontext():
+            log_p = system.log_target(s[ok], x[ok])
         loss = loss.masked_scatter(ok, log_q[ok] - log_p) if n_ok < s.shape[0] else log_q - log_p
         counter.nonfinite += int((~torch.isfinite(log_p.detach())).sum())
     counter.drawn += s.shape[0]
@@ -66,11 +116,11 @@ def reverse_kl_losses(flow: ConditionalFlow, system: System, s: torch.Tensor, co
 
 def energy_step(flow: ConditionalFlow, system: System, dataset: ALDataset, entries: torch.Tensor,
                 optimizer: torch.optim.Optimizer, counter: EvaluationCounter, *, drop_top_k: int,
-                grad_clip: float) -> EnergyBatchResult:
+                grad_clip: float, energy_timer: EnergyTimer | None = None) -> EnergyBatchResult:
     """One optimizer step of training by energy on a batch of dataset entries (flat indices)."""
     device = next(flow.parameters()).device
     s = dataset.points[entries // dataset.copies].to(device)
-    loss, ok = reverse_kl_losses(flow, system, s, counter)
+    loss, ok = reverse_kl_losses(flow, system, s, counter, energy_timer)
     dataset.record(entries, -loss.detach(), torch.where(ok, EVALUATED, REJECTED))
     finite = torch.isfinite(loss)
     kept = loss[finite]
@@ -91,13 +141,14 @@ def energy_step(flow: ConditionalFlow, system: System, dataset: ALDataset, entri
 
 def train_by_energy_epoch(flow, system, dataset: ALDataset, optimizer, counter: EvaluationCounter, *,
                           batch_size: int, old_fraction: float, drop_top_k: int, grad_clip: float,
-                          rng: np.random.Generator, progress_bar=None) -> dict:
-    """One epoch (spec 3 step 4a/b).  Returns {'loss': mean batch loss, 'skipped': n skipped steps, 'steps': n}."""
+                          rng: np.random.Generator, progress_bar=None, energy_timer: EnergyTimer | None = None) -> dict:
+    """One epoch (spec 3 step 4a/b).  Returns {'loss': mean batch loss, 'skipped': n skipped steps, 'steps': n}.
+    ``energy_timer`` accumulates the time of the energy evaluations."""
     entries = dataset.epoch_entries(old_fraction, batch_size, rng)
     losses, skipped = [], 0
     for i in range(0, entries.numel(), batch_size):
         r = energy_step(flow, system, dataset, entries[i:i + batch_size], optimizer, counter,
-                        drop_top_k=drop_top_k, grad_clip=grad_clip)
+                        drop_top_k=drop_top_k, grad_clip=grad_clip, energy_timer=energy_timer)
         skipped += r.skipped
         if np.isfinite(r.loss):
             losses.append(r.loss)
@@ -108,14 +159,16 @@ def train_by_energy_epoch(flow, system, dataset: ALDataset, optimizer, counter: 
 
 
 @torch.no_grad()
-def test_loss(flow, system, dataset: ALDataset, counter: EvaluationCounter) -> float:
-    """Diagnostic reverse-KL loss (kT) at the test CG points, one sample each; counted as diagnostics."""
+def test_loss(flow, system, dataset: ALDataset, counter: EvaluationCounter,
+              energy_timer: EnergyTimer | None = None) -> float:
+    """Diagnostic reverse-KL loss (kT) at the test CG points, one sample each; counted as diagnostics
+    (energy time in ``energy_timer`` if given)."""
     pts = dataset.points[~dataset.is_train]
     if pts.shape[0] == 0:
         return float("nan")
     device = next(flow.parameters()).device
     scratch = EvaluationCounter()
-    loss, _ = reverse_kl_losses(flow, system, pts.to(device), scratch)
+    loss, _ = reverse_kl_losses(flow, system, pts.to(device), scratch, energy_timer)
     counter.diagnostics += scratch.training
     loss = loss[torch.isfinite(loss)]
     return float(loss.mean()) if loss.numel() else float("nan")
