@@ -216,3 +216,14 @@ def test_al_run_without_history_gives_its_final_pmf(tmp_path):
     atomic_savez(d / "pmf.npz", edges_0=ref.edges[0], pmf_kT=ref.pmf_kT + 0.0)
     (c,) = load_curves([d], ref)
     assert c.evaluations.tolist() == [250] and c.forward_kld[0] < 1e-12
+
+
+def test_stays_below_uses_the_last_crossing():
+    from cgflow.compare import evaluations_to_stay_below
+
+    c = _curve([10, 100, 1000, 10000], [1.0, 1e-3, 1.0, 1e-2])
+    # first crossing of 0.1 between 10 and 100; it stays below only after the 1000 -> 10000 crossing
+    assert evaluations_to_reach(c, 0.1) == pytest.approx(10 ** (4 / 3), rel=1e-9)  # log KLD 0 -> -3
+    assert evaluations_to_stay_below(c, 0.1) == pytest.approx(10 ** 3.5, rel=1e-9)
+    assert evaluations_to_stay_below(c, 1e-3) is None
+    assert evaluations_to_stay_below(_curve([5, 50], [1e-4, 1e-5]), 1e-3) == 5

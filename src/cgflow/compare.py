@@ -160,18 +160,9 @@ def kld_curve_from_md(run_dir, ref: ReferencePMF, n_points: int = 40, epsilon: f
     return _curve(label, str(info.get("method", "md")), evals, pts)
 
 
-def evaluations_to_reach(curve: Curve, level: float) -> float | None:
-    """Evaluations at which the forward KLD first falls to ``level`` (nats) or below, linearly
-    interpolated in (log evaluations, log KLD) between the last point above and the first point
-    at/below (linear in evaluations if the point above has 0 evaluations).  The first point's
-    evaluations if it is already at/below; None if never reached.  Only the first crossing counts."""
-    if level <= 0:
-        raise ValueError(f"level must be > 0, got {level}")
-    x, y = curve.evaluations.astype(np.float64), curve.forward_kld
-    below = np.flatnonzero(y <= level)
-    if below.size == 0:
-        return None
-    i = int(below[0])
+def _crossing(x: np.ndarray, y: np.ndarray, i: int, level: float) -> float:
+    """Evaluations where the KLD passes ``level`` between point i - 1 (above) and i (at/below),
+    linear in (log evaluations, log KLD); linear in evaluations if x[i - 1] is 0."""
     if i == 0 or not np.isfinite(y[i - 1]):
         return float(x[i])
     ly0, ly1, ll = np.log(y[i - 1]), np.log(max(y[i], 1e-300)), np.log(level)
@@ -181,10 +172,36 @@ def evaluations_to_reach(curve: Curve, level: float) -> float | None:
     return float(np.exp(np.log(x[i - 1]) + t * (np.log(x[i]) - np.log(x[i - 1]))))
 
 
+def evaluations_to_reach(curve: Curve, level: float) -> float | None:
+    """Evaluations at which the forward KLD first falls to ``level`` (nats) or below, linearly
+    interpolated in (log evaluations, log KLD) between the last point above and the first point
+    at/below (linear in evaluations if the point above has 0 evaluations).  The first point's
+    evaluations if it is already at/below; None if never reached.  Only the first crossing counts."""
+    if level <= 0:
+        raise ValueError(f"level must be > 0, got {level}")
+    x, y = curve.evaluations.astype(np.float64), curve.forward_kld
+    below = np.flatnonzero(y <= level)
+    return None if below.size == 0 else _crossing(x, y, int(below[0]), level)
+
+
+def evaluations_to_stay_below(curve: Curve, level: float) -> float | None:
+    """Evaluations from which the forward KLD stays at/below ``level`` up to the last point: the
+    crossing after the last point above ``level`` (interpolated as in evaluations_to_reach); None
+    if the last point is above.  Stricter than the first crossing for noisy curves."""
+    if level <= 0:
+        raise ValueError(f"level must be > 0, got {level}")
+    x, y = curve.evaluations.astype(np.float64), curve.forward_kld
+    above = np.flatnonzero(~(y <= level))
+    if above.size == 0:
+        return float(x[0])
+    j = int(above[-1])
+    return None if j == len(y) - 1 else _crossing(x, y, j + 1, level)
+
+
 def crossing_table(curves: list[Curve], levels=DEFAULT_LEVELS, baseline_label: str | None = None) -> list[dict]:
     """One row per curve: ``evals@L`` (evaluations to reach forward KLD L, None if never) and
     ``speedup@L`` = N_baseline(L) / N_method(L) (None where either is missing) for each level,
-    plus the final evaluations and final KLDs / RMSE.  The baseline is the curve labelled
+    ``stays@L`` (evaluations from which the KLD stays at/below L to the end of the run), plus the final evaluations and final KLDs / RMSE.  The baseline is the curve labelled
     ``baseline_label``; by default the first MD curve, else the first curve."""
     if not curves:
         raise ValueError("no curves to compare")
@@ -202,6 +219,8 @@ def crossing_table(curves: list[Curve], levels=DEFAULT_LEVELS, baseline_label: s
             n = evaluations_to_reach(c, lv)
             row[f"evals@{lv:g}"] = n
             row[f"speedup@{lv:g}"] = n_base[lv] / n if n and n_base[lv] else None
+        for lv in levels:
+            row[f"stays@{lv:g}"] = evaluations_to_stay_below(c, lv)
         row.update(final_evaluations=int(c.evaluations[-1]), final_forward_kld=float(c.forward_kld[-1]),
                    final_reverse_kld=float(c.reverse_kld[-1]), final_pmf_rmse_kT=float(c.pmf_rmse_kT[-1]))
         rows.append(row)
@@ -291,7 +310,7 @@ def plot_comparison(curves: list[Curve], path, ref_description: str, noise_floor
         for a, y in ((ax, c.forward_kld), (axr, c.pmf_rmse_kT)):
             ok = (c.evaluations > 0) & np.isfinite(y) & (y > 0)
             a.plot(c.evaluations[ok], y[ok], color=f"C{i}", **kw)
-    if noise_floor is not None:
+    if noise_floor is not None and noise_floor > 0:
         ax.axhline(noise_floor, color="k", ls="--", lw=1, label="reference noise floor")
     for a, ylab in ((ax, "forward KLD  KL(p_ref ‖ p_model)  (nats)"), (axr, "PMF RMSE (kT)")):
         a.set_xscale("log")
