@@ -186,6 +186,7 @@ def compare(
     out: Path = typer.Option(Path("comparison"), "--out", "-o", help="Output directory."),
     epsilon: float = typer.Option(1e-10, "--epsilon", help="Probability floor for unvisited bins."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files in an existing --out."),
+    levels: str = typer.Option("1e-2,3e-3,1e-3", "--levels", help="Forward-KLD levels of the table, comma-separated."),
 ):
     """Accuracy against energy evaluations for every run: forward/reverse KLD and PMF RMSE, a plot,
     and the evaluations each method needs to reach given KLD levels, with speedups over MD."""
@@ -194,7 +195,11 @@ def compare(
     for d in run_dirs:
         if not d.is_dir():
             _fail(f"no such run directory: {d}")
+    try:
+        lv = tuple(float(v) for v in levels.split(","))
+    except ValueError:
+        _fail(f"--levels {levels!r}: expected comma-separated numbers")
     with _errors_to_exit():
-        res = run_compare(run_dirs, reference_file, out, epsilon=epsilon, overwrite=overwrite)
+        res = run_compare(run_dirs, reference_file, out, epsilon=epsilon, overwrite=overwrite, levels=lv)
     typer.echo((out / "comparison.md").read_text())
     typer.echo("wrote " + ", ".join(str(p) for p in res["files"]))

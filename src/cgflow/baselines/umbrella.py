@@ -94,8 +94,14 @@ def _import_pymbar():
 
 
 def mbar_bin_probabilities(s: np.ndarray, window: np.ndarray, centers: np.ndarray, spring: np.ndarray,
-                           periodic, edges: list[np.ndarray]) -> np.ndarray:
+                           periodic, edges: list[np.ndarray], max_solve_samples: int = 40_000,
+                           chunk: int = 20_000) -> np.ndarray:
     """Unbiased bin probabilities from umbrella samples by MBAR.
+
+    The window free energies f_k are solved by pymbar on at most ``max_solve_samples`` samples
+    (every m-th sample of every window); every sample is then weighted with those f_k,
+    ``w_n ∝ 1 / sum_k N_k exp(f_k - b_k(s_n))``, computed in chunks, so the histogram uses all
+    the data at a cost linear in N.
 
     Args:
         s: (N, d) CG samples (periodic dims wrapped like the edges); window: (N,) window index.
@@ -104,13 +110,22 @@ def mbar_bin_probabilities(s: np.ndarray, window: np.ndarray, centers: np.ndarra
         prob of shape (n_bins_1, ..., n_bins_d), summing to 1 (0 in bins without samples).
     """
     pymbar = _import_pymbar()
-    K = centers.shape[0]
+    K, N = centers.shape[0], s.shape[0]
     N_k = np.bincount(window, minlength=K)
-    u_kn = np.stack([restraint_kT(s, centers[k], spring, periodic) for k in range(K)])  # (K, N)
-    mbar = pymbar.MBAR(u_kn, N_k)
-    f_k = mbar.f_k
-    log_denom = np.logaddexp.reduce(np.log(np.maximum(N_k, 1))[:, None] + f_k[:, None] - u_kn
-                                    + np.where(N_k > 0, 0.0, -np.inf)[:, None], axis=0)
+    rank = np.empty(N, dtype=np.int64)
+    for k in range(K):
+        idx = np.flatnonzero(window == k)
+        rank[idx] = np.arange(idx.size)
+    stride = max(1, -(-N // max_solve_samples))
+    sub = rank % stride == 0
+
+    def bias_matrix(x):  # (K, len(x))
+        return np.stack([restraint_kT(x, centers[k], spring, periodic) for k in range(K)])
+
+    f_k = pymbar.MBAR(bias_matrix(s[sub]), np.bincount(window[sub], minlength=K)).f_k
+    log_nk = np.where(N_k > 0, np.log(np.maximum(N_k, 1)), -np.inf)[:, None]
+    log_denom = np.concatenate([np.logaddexp.reduce(log_nk + f_k[:, None] - bias_matrix(s[i:i + chunk]), axis=0)
+                                for i in range(0, N, chunk)])
     w = np.exp(-(log_denom - log_denom.min()))
     hist, _ = np.histogramdd(s, bins=edges, weights=w)
     return hist / hist.sum()
