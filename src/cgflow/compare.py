@@ -311,7 +311,7 @@ def plot_comparison(curves: list[Curve], path, ref_description: str, noise_floor
             ok = (c.evaluations > 0) & np.isfinite(y) & (y > 0)
             a.plot(c.evaluations[ok], y[ok], color=f"C{i}", **kw)
     if noise_floor is not None and noise_floor > 0:
-        ax.axhline(noise_floor, color="k", ls="--", lw=1, label="reference noise floor")
+        ax.axhline(noise_floor, color="k", ls="--", lw=1, label="reference noise floor (KLD between its two halves)")
     for a, ylab in ((ax, "forward KLD  KL(p_ref ‖ p_model)  (nats)"), (axr, "PMF RMSE (kT)")):
         a.set_xscale("log")
         a.set_yscale("log")
@@ -321,7 +321,9 @@ def plot_comparison(curves: list[Curve], path, ref_description: str, noise_floor
     ax.set_title("forward KLD vs cost")
     axr.set_title("PMF RMSE vs cost")
     ax.legend(fontsize=8)
-    fig.suptitle(f"Accuracy vs energy evaluations — reference: {ref_description}", fontsize=10)
+    import textwrap
+
+    fig.suptitle(textwrap.fill(f"Accuracy vs energy evaluations — reference: {ref_description}", 160), fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
