@@ -34,6 +34,8 @@ class MoleculeConfig(BaseModel):
     n_workers: Annotated[int, Field(gt=0)] | None = None
     md_ps: Annotated[float, Field(gt=0)] = 50.0
     md_frame_every_steps: Annotated[int, Field(gt=0)] = 10
+    # reference PMF file (.npz, see cgflow.reference_file); None: the shipped one where it applies
+    # (preset alanine-dipeptide with cg [phi, psi] at 300 K: umbrella + MBAR, noise floor ~7e-4)
     reference: str | None = None
 
     @model_validator(mode="after")
@@ -57,13 +59,27 @@ class MoleculeConfig(BaseModel):
         return self
 
 
+def default_reference_path(cfg: MoleculeConfig) -> str | None:
+    """The shipped reference PMF for this molecule and CG space, or None.
+
+    Alanine dipeptide (the package's preset) with ``cg: [phi, psi]`` at 300 K has an independent
+    umbrella-sampling + MBAR reference (``data/alanine-dipeptide/reference-pmf.npz``, see REFERENCE.md
+    beside it; noise floor ~7e-4 nats forward KLD)."""
+    from cgflow.molecules.molecule_system import package_data_file
+
+    if cfg.preset == "alanine-dipeptide" and list(cfg.cg) == ["phi", "psi"] and abs(cfg.temperature_K - 300.0) < 1e-9:
+        return package_data_file("alanine-dipeptide", "reference-pmf.npz")
+    return None
+
+
 def build_molecule_system(cfg: MoleculeConfig, device="cpu"):
     """The :class:`~cgflow.molecules.molecule_system.MoleculeSystem` described by ``cfg``."""
     from cgflow.molecules import molecule_system as ms
 
+    reference = cfg.reference if cfg.reference is not None else default_reference_path(cfg)
     kw = dict(temperature_K=cfg.temperature_K, energy_backend=cfg.energy_backend, dtype=cfg.dtype,
               device=device, n_workers=cfg.n_workers, md_ps=cfg.md_ps,
-              md_frame_every_steps=cfg.md_frame_every_steps, reference_path=cfg.reference)
+              md_frame_every_steps=cfg.md_frame_every_steps, reference_path=reference)
     cg = list(cfg.cg)
     if cfg.preset == "alanine-dipeptide":
         return ms.alanine_dipeptide(cg=cg, **kw)
