@@ -338,7 +338,8 @@ class ActiveLearningRun:
         st.iteration += 1
         # PMF files first: a run killed before the checkpoint redoes this iteration and rewrites them
         self._save_pmf(mean, std)
-        save_snapshot(self.run_dir, it, self.edges, mean, st.counter.total, label=f"iteration {it}")
+        save_snapshot(self.run_dir, it, self.edges, mean, st.counter.total, label=f"iteration {it}",
+                      wall_time_s=st.wall_time_s)
         self._save_checkpoint()
         for r in self.reporters:
             r.on_iteration(self, row)

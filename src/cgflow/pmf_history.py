@@ -6,7 +6,9 @@ A snapshot ``RUN_DIR/pmf_history/{index:05d}.npz`` holds:
     edges_0, edges_1, ...: bin edges per CG dimension, each (n_bins_d + 1,);
     pmf_kT: the PMF at the bin centres, shape (n_bins_1, ...), kT, minimum 0;
     evaluations: total energy evaluations spent when the snapshot was taken (int);
-    label: what the index means ("iteration 3", "step 200000" ...).
+    label: what the index means ("iteration 3", "step 200000" ...);
+    wall_time_s: seconds of wall-clock the method had spent when the snapshot was taken (optional;
+        NaN when unknown).
 """
 
 from __future__ import annotations
@@ -27,16 +29,19 @@ class PMFSnapshot:
     pmf_kT: np.ndarray
     evaluations: int
     label: str
+    wall_time_s: float = float("nan")
 
 
-def save_snapshot(run_dir, index: int, edges, pmf_kT: np.ndarray, evaluations: int, label: str = "") -> Path:
+def save_snapshot(run_dir, index: int, edges, pmf_kT: np.ndarray, evaluations: int, label: str = "",
+                  wall_time_s: float | None = None) -> Path:
     d = Path(run_dir) / DIRNAME
     d.mkdir(parents=True, exist_ok=True)
     f = np.asarray(pmf_kT, dtype=np.float64)
     f = f - np.nanmin(f[np.isfinite(f)]) if np.isfinite(f).any() else f
     path = d / f"{int(index):05d}.npz"
     atomic_savez(path, **{f"edges_{i}": np.asarray(e, dtype=np.float64) for i, e in enumerate(edges)},
-                 pmf_kT=f, evaluations=np.int64(evaluations), label=np.array(str(label)))
+                 pmf_kT=f, evaluations=np.int64(evaluations), label=np.array(str(label)),
+                 wall_time_s=np.float64(np.nan if wall_time_s is None else wall_time_s))
     return path
 
 
@@ -48,5 +53,6 @@ def read_history(run_dir) -> list[PMFSnapshot]:
         with np.load(p, allow_pickle=False) as z:
             n = sum(1 for k in z.files if k.startswith("edges_"))
             out.append(PMFSnapshot(edges=[z[f"edges_{i}"] for i in range(n)], pmf_kT=z["pmf_kT"],
-                                   evaluations=int(z["evaluations"]), label=str(z["label"])))
+                                   evaluations=int(z["evaluations"]), label=str(z["label"]),
+                                   wall_time_s=float(z["wall_time_s"]) if "wall_time_s" in z.files else float("nan")))
     return out
