@@ -27,7 +27,7 @@ def test_rejected_samples_are_not_evaluated_not_in_the_loss_and_counted():
     flow = ConditionalAffineFlow(1, CGFeatures((False,)), [8])
     counter = EvaluationCounter()
     s = torch.full((6, 1), -2.0, dtype=torch.float64)
-    loss, ok = reverse_kl_losses(flow, system, s, counter)
+    loss, ok, _ = reverse_kl_losses(flow, system, s, counter)
     assert system.evaluated == 3
     assert ok.tolist() == [True, False] * 3
     assert torch.isnan(loss[~ok]).all() and torch.isfinite(loss[ok]).all()

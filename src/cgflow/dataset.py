@@ -21,6 +21,8 @@ class ALDataset:
         log_w: (P, M) float64 last log importance weight of each copy (NaN: none yet).
         status: (P, M) int8: NOT_DRAWN, EVALUATED or REJECTED (by the system's filter) at the
             copy's last draw.
+        draws: every draw of the run (the pool behind pooled and mean-force labels), see
+            :class:`DrawLog`.
     """
 
     def __init__(self, cg_dim: int, copies: int):
@@ -30,6 +32,7 @@ class ALDataset:
         self.is_train = torch.zeros(0, dtype=torch.bool)
         self.log_w = torch.zeros(0, copies, dtype=torch.float64)
         self.status = torch.zeros(0, copies, dtype=torch.int8)
+        self.draws = DrawLog(cg_dim)
 
     def __len__(self) -> int:
         return self.points.shape[0]
@@ -83,11 +86,78 @@ class ALDataset:
         self.status.view(-1)[entries] = status.to(torch.int8).cpu()
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("copies", "points", "added_in", "is_train", "log_w", "status")}
+        d = {k: getattr(self, k) for k in ("copies", "points", "added_in", "is_train", "log_w", "status")}
+        d["draws"] = self.draws.state_dict()
+        return d
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "ALDataset":
         ds = cls(d["points"].shape[1], d["copies"])
         for k in ("points", "added_in", "is_train", "log_w", "status"):
             setattr(ds, k, d[k])
+        if "draws" in d:
+            ds.draws = DrawLog.from_state_dict(d["draws"])
         return ds
+
+
+class DrawLog:
+    """Every flow draw at a train CG point over the whole run, for labels that reuse them all.
+
+    Each draw i of the flow q_t (the flow's state when it was drawn) at CG point s_p is one
+    importance-sampling estimate ``w_i = p~(x_i, s_p) / q_t(x_i | s_p)`` of Z(s_p), unbiased whatever
+    the flow was, so all of them can be pooled (:mod:`cgflow.pmf.pooled_labels`).
+
+    Columns (N draws):
+        point: (N,) int64, index of the CG point in the dataset.
+        iteration: (N,) int64, the AL iteration in which it was drawn.
+        log_w: (N,) float64, log p~ - log q at draw time (kT units of -u); -inf for a draw the system's
+            filter rejected (a zero-weight sample) or whose energy was not finite.
+        grad_s: (N, cg_dim) float64, d log p~(s, x_fg) / ds at fixed FG coordinates (the negative
+            instantaneous mean force, 1/rad or 1/CG-unit); zero where log_w is -inf.
+    """
+
+    _KEYS = ("point", "iteration", "log_w", "grad_s")
+
+    def __init__(self, cg_dim: int):
+        self.cg_dim = cg_dim
+        self._chunks: list[dict[str, torch.Tensor]] = []
+        self._cat: dict[str, torch.Tensor] | None = None
+
+    def append(self, point: torch.Tensor, iteration: int, log_w: torch.Tensor, grad_s: torch.Tensor | None) -> None:
+        n = point.numel()
+        log_w = log_w.detach().to(torch.float64).cpu().reshape(n)
+        log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
+        if grad_s is None:
+            grad_s = torch.zeros(n, self.cg_dim, dtype=torch.float64)
+        grad_s = grad_s.detach().to(torch.float64).cpu().reshape(n, self.cg_dim)
+        grad_s = torch.where(torch.isfinite(log_w)[:, None] & torch.isfinite(grad_s), grad_s,
+                             torch.zeros_like(grad_s))
+        self._chunks.append({"point": point.detach().cpu().to(torch.long).reshape(n),
+                             "iteration": torch.full((n,), int(iteration), dtype=torch.long),
+                             "log_w": log_w, "grad_s": grad_s})
+        self._cat = None
+
+    def columns(self) -> dict[str, torch.Tensor]:
+        """All draws as one dict of tensors (concatenated once, cached until the next append)."""
+        if self._cat is None:
+            if self._chunks:
+                self._cat = {k: torch.cat([c[k] for c in self._chunks]) for k in self._KEYS}
+                self._chunks = [self._cat]
+            else:
+                self._cat = {"point": torch.zeros(0, dtype=torch.long), "iteration": torch.zeros(0, dtype=torch.long),
+                             "log_w": torch.zeros(0, dtype=torch.float64),
+                             "grad_s": torch.zeros(0, self.cg_dim, dtype=torch.float64)}
+        return self._cat
+
+    def __len__(self) -> int:
+        return sum(c["point"].numel() for c in self._chunks)
+
+    def state_dict(self) -> dict:
+        return {"cg_dim": self.cg_dim, **self.columns()}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "DrawLog":
+        log = cls(int(d["cg_dim"]))
+        if d["point"].numel():
+            log._chunks = [{k: d[k] for k in cls._KEYS}]
+        return log

@@ -43,6 +43,7 @@ class PMFEnsemble(nn.Module):
         self.biases = nn.ParameterList(
             [nn.Parameter(torch.empty(n_models, 1, b, dtype=torch.float64)) for b in sizes[1:]])
         self.register_buffer("offset", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -81,26 +82,38 @@ class PMFEnsemble(nn.Module):
 
     def fit(self, s: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
             split: str = "fraction", train_fraction: float = 0.8, rng: np.random.Generator,
-            progress: bool = True) -> dict:
-        """Re-initialize and train every model on its own subset of (s, labels).
+            progress: bool = True, grads: torch.Tensor | None = None, gradient_weight: float = 0.0,
+            value_se: torch.Tensor | None = None, grad_se: torch.Tensor | None = None,
+            se_floor: tuple[float, float] = (0.05, 0.5), warm_start: bool = False) -> dict:
+        """Train every model on its own subset of (s, labels) [and mean forces: a Sobolev fit].
 
         Args:
             s: (P, cg_dim) CG points; labels: (P,) PMF labels in kT (finite).
             split: "fraction": each model gets its own random ``train_fraction`` of the points;
                 "bagging": one common split (``train_fraction`` for training), and each model a
                 bootstrap resample of the training part.
+            grads: (P, cg_dim) mean-force labels dF/ds (kT per CG unit; NaN entries ignored), fitted
+                with weight ``gradient_weight`` (0: values only).
+            value_se, grad_se: (P,), (P, cg_dim) standard errors of the labels: if given, each
+                residual is weighted by 1 / (se^2 + floor^2) (``se_floor`` = (value kT, gradient kT/unit)),
+                the weights normalized to mean 1 (a chi-square fit up to a scale); else uniform.
+            warm_start: continue from the current parameters (and input standardization, offset)
+                instead of re-initializing; the first fit always initializes.
         Returns:
-            dict with the mean train and held-out MSE over models (kT^2).
+            dict with the mean train and held-out MSE of the values over models (kT^2), and of the
+            gradients if fitted ((kT/unit)^2).
         """
         P = s.shape[0]
         if P < 2:
             raise ValueError(f"the ensemble needs at least 2 labelled CG points, got {P}")
         K = self.n_models
-        # standardize non-periodic inputs with the current CG set; centre labels
-        self.features.set_standardization(s.mean(0), s.std(0).clamp_min(1e-6) if P > 1 else torch.ones(s.shape[1]))
-        self.reset_parameters()
-        with torch.no_grad():
-            self.offset.fill_(float(labels.median()))
+        if not (warm_start and bool(self.fitted)):
+            # standardize non-periodic inputs with the current CG set; centre labels
+            self.features.set_standardization(s.mean(0), s.std(0).clamp_min(1e-6))
+            self.reset_parameters()
+            with torch.no_grad():
+                self.offset.fill_(float(labels.median()))
+        self.fitted.fill_(True)
         n_sub = max(1, int(round(train_fraction * P)))
         held_out = np.ones((K, P), dtype=bool)
         if split == "fraction":
@@ -116,8 +129,23 @@ class PMFEnsemble(nn.Module):
             raise ValueError(f"unknown ensemble split {split!r}")
         device = self.offset.device
         idx_t = torch.as_tensor(idx, device=device)
-        feats = self.features(s.to(device))
+        s = s.to(device=device, dtype=torch.float64)
         y = labels.to(device)
+        use_grad = grads is not None and gradient_weight > 0
+        wv = torch.ones(P, dtype=torch.float64, device=device)
+        if value_se is not None:
+            wv = 1.0 / (value_se.to(device) ** 2 + se_floor[0] ** 2)
+            wv = torch.where(torch.isfinite(wv), wv, torch.zeros_like(wv))
+            wv = wv / wv.mean().clamp_min(1e-300)
+        if use_grad:
+            g = grads.to(device)
+            g_ok = torch.isfinite(g)
+            g = torch.where(g_ok, g, torch.zeros_like(g))
+            wg = g_ok.to(torch.float64)
+            if grad_se is not None:
+                wg = wg / (torch.nan_to_num(grad_se.to(device), nan=math.inf) ** 2 + se_floor[1] ** 2)
+                wg = wg / wg[g_ok].mean().clamp_min(1e-300)
+        feats = None if use_grad else self.features(s)
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         b = min(batch_size, n_sub)
         n_batches = max(1, n_sub // b)
@@ -127,14 +155,30 @@ class PMFEnsemble(nn.Module):
             shuffled = idx_t.gather(1, order)
             for i in range(n_batches):
                 bi = shuffled[:, i * b:(i + 1) * b]
-                pred = self._forward_features(feats[bi])
-                loss = ((pred - y[bi]) ** 2).mean(1).sum()
+                if use_grad:
+                    sb = s[bi].requires_grad_(True)  # (K, b, d): each model differentiates its own copy
+                    pred = self._forward_features(self.features(sb))
+                    dpred, = torch.autograd.grad(pred.sum(), sb, create_graph=True)
+                    loss = (wv[bi] * (pred - y[bi]) ** 2).mean(1).sum() \
+                        + gradient_weight * (wg[bi] * (dpred - g[bi]) ** 2).sum(-1).mean(1).sum()
+                else:
+                    pred = self._forward_features(feats[bi])
+                    loss = (wv[bi] * (pred - y[bi]) ** 2).mean(1).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+        out = {}
+        ho = torch.as_tensor(held_out, device=device)
+        sk = s.unsqueeze(0).expand(K, -1, -1).clone().requires_grad_(use_grad)
+        with torch.set_grad_enabled(use_grad):
+            pred = self._forward_features(self.features(sk))
+            dpred = torch.autograd.grad(pred.sum(), sk)[0] if use_grad else None
         with torch.no_grad():
-            err2 = (self._forward_features(feats.unsqueeze(0).expand(K, -1, -1)) - y) ** 2  # (K, P)
-            ho = torch.as_tensor(held_out, device=device)
-            train_mse = float((err2 * ~ho).sum() / (~ho).sum())
-            val_mse = float((err2 * ho).sum() / ho.sum()) if bool(ho.any()) else math.nan
-        return {"ensemble_train_mse": train_mse, "ensemble_heldout_mse": val_mse}
+            err2 = (pred.detach() - y) ** 2  # (K, P)
+            out["ensemble_train_mse"] = float((err2 * ~ho).sum() / (~ho).sum())
+            out["ensemble_heldout_mse"] = float((err2 * ho).sum() / ho.sum()) if bool(ho.any()) else math.nan
+            if use_grad:
+                gerr2 = ((dpred - g) ** 2 * g_ok).sum(-1) / g_ok.sum(-1).clamp_min(1)  # (K, P)
+                out["ensemble_grad_train_mse"] = float((gerr2 * ~ho).sum() / (~ho).sum())
+                out["ensemble_grad_heldout_mse"] = float((gerr2 * ho).sum() / ho.sum()) if bool(ho.any()) else math.nan
+        return out

@@ -11,7 +11,7 @@ from torch import nn
 
 
 class CGFeatures(nn.Module):
-    """Map s (B, d) to features (B, n_features).
+    """Map s (..., d) to features (..., n_features).
 
     Args:
         periodic: per CG dimension, whether it is an angle (-> cos, sin).
@@ -39,7 +39,7 @@ class CGFeatures(nn.Module):
         cols = []
         for i, p in enumerate(self.periodic):
             if p:
-                cols += [torch.cos(s[:, i]), torch.sin(s[:, i])]
+                cols += [torch.cos(s[..., i]), torch.sin(s[..., i])]
             else:
-                cols.append((s[:, i] - self.mean[i].to(s.dtype)) / self.std[i].to(s.dtype))
+                cols.append((s[..., i] - self.mean[i].to(s.dtype)) / self.std[i].to(s.dtype))
         return torch.stack(cols, dim=-1)

@@ -90,38 +90,55 @@ class EnergyBatchResult:
 
 
 def reverse_kl_losses(flow: ConditionalFlow, system: System, s: torch.Tensor, counter: EvaluationCounter,
-                      energy_timer: EnergyTimer | None = None):
-    """Draw one sample per row of s and return (per-sample loss (B,), accepted mask (B,)).
+                      energy_timer: EnergyTimer | None = None, *, with_grad_s: bool = False):
+    """Draw one sample per row of s and return (per-sample loss (B,), accepted mask (B,), grad_s).
 
     The per-sample loss is log q(x|s) - log p~(x, s) (reverse KL up to a constant); its negative
     is the log importance weight.  Rejected samples (system.valid False) are not evaluated and
     get a NaN loss.  Counts drawn / rejected / evaluated / non-finite configurations.  The
     ``system.log_target`` call is timed by ``energy_timer`` if given.
+
+    ``grad_s`` (B, cg_dim) float64 is d log p~(s, x)/ds at fixed FG coordinates x (the negative
+    instantaneous mean force, from the same evaluation: no extra energy) if ``with_grad_s``, else
+    None; zero for rejected or non-finite samples.
     """
     x, log_q = flow.sample(s)
     with torch.no_grad():
         ok = system.valid(s, x)
     n_ok = int(ok.sum())
     loss = torch.full_like(log_q, float("nan"))
+    grad_s = torch.zeros(s.shape, dtype=torch.float64, device=s.device) if with_grad_s else None
     if n_ok:
+        s_ok = s[ok].detach().requires_grad_(with_grad_s)
         with energy_timer.time(s.device) if energy_timer is not None else nullcontext():
-            log_p = system.log_target(s[ok], x[ok])
+            log_p = system.log_target(s_ok, x[ok])
+            if with_grad_s:
+                finite = torch.isfinite(log_p.detach())
+                g, = torch.autograd.grad(torch.where(finite, log_p, torch.zeros_like(log_p)).sum(), s_ok,
+                                         retain_graph=True)
+                grad_s[ok] = torch.where(finite[:, None], g.detach().to(torch.float64), torch.zeros_like(g))
         loss = loss.masked_scatter(ok, log_q[ok] - log_p) if n_ok < s.shape[0] else log_q - log_p
         counter.nonfinite += int((~torch.isfinite(log_p.detach())).sum())
     counter.drawn += s.shape[0]
     counter.training += n_ok
     counter.rejected += s.shape[0] - n_ok
-    return loss, ok
+    return loss, ok, grad_s
 
 
 def energy_step(flow: ConditionalFlow, system: System, dataset: ALDataset, entries: torch.Tensor,
                 optimizer: torch.optim.Optimizer, counter: EvaluationCounter, *, drop_top_k: int,
-                grad_clip: float, energy_timer: EnergyTimer | None = None) -> EnergyBatchResult:
-    """One optimizer step of training by energy on a batch of dataset entries (flat indices)."""
+                grad_clip: float, energy_timer: EnergyTimer | None = None, iteration: int = 0,
+                with_grad_s: bool = False) -> EnergyBatchResult:
+    """One optimizer step of training by energy on a batch of dataset entries (flat indices).
+
+    Every draw is recorded: the copy's latest weight (``dataset.record``) and the run-long draw
+    log (``dataset.draws``, tagged with ``iteration``; with d log p~/ds if ``with_grad_s``)."""
     device = next(flow.parameters()).device
-    s = dataset.points[entries // dataset.copies].to(device)
-    loss, ok = reverse_kl_losses(flow, system, s, counter, energy_timer)
+    points = entries // dataset.copies
+    s = dataset.points[points].to(device)
+    loss, ok, grad_s = reverse_kl_losses(flow, system, s, counter, energy_timer, with_grad_s=with_grad_s)
     dataset.record(entries, -loss.detach(), torch.where(ok, EVALUATED, REJECTED))
+    dataset.draws.append(points, iteration, -loss.detach(), grad_s)
     finite = torch.isfinite(loss)
     kept = loss[finite]
     if drop_top_k and kept.numel() > drop_top_k:
@@ -141,14 +158,17 @@ def energy_step(flow: ConditionalFlow, system: System, dataset: ALDataset, entri
 
 def train_by_energy_epoch(flow, system, dataset: ALDataset, optimizer, counter: EvaluationCounter, *,
                           batch_size: int, old_fraction: float, drop_top_k: int, grad_clip: float,
-                          rng: np.random.Generator, progress_bar=None, energy_timer: EnergyTimer | None = None) -> dict:
+                          rng: np.random.Generator, progress_bar=None, energy_timer: EnergyTimer | None = None,
+                          iteration: int = 0, with_grad_s: bool = False) -> dict:
     """One epoch (spec 3 step 4a/b).  Returns {'loss': mean batch loss, 'skipped': n skipped steps, 'steps': n}.
-    ``energy_timer`` accumulates the time of the energy evaluations."""
+    ``energy_timer`` accumulates the time of the energy evaluations; draws are logged with ``iteration``
+    (and their d log p~/ds if ``with_grad_s``)."""
     entries = dataset.epoch_entries(old_fraction, batch_size, rng)
     losses, skipped = [], 0
     for i in range(0, entries.numel(), batch_size):
         r = energy_step(flow, system, dataset, entries[i:i + batch_size], optimizer, counter,
-                        drop_top_k=drop_top_k, grad_clip=grad_clip, energy_timer=energy_timer)
+                        drop_top_k=drop_top_k, grad_clip=grad_clip, energy_timer=energy_timer,
+                        iteration=iteration, with_grad_s=with_grad_s)
         skipped += r.skipped
         if np.isfinite(r.loss):
             losses.append(r.loss)
@@ -168,7 +188,7 @@ def test_loss(flow, system, dataset: ALDataset, counter: EvaluationCounter,
         return float("nan")
     device = next(flow.parameters()).device
     scratch = EvaluationCounter()
-    loss, _ = reverse_kl_losses(flow, system, pts.to(device), scratch, energy_timer)
+    loss, _, _ = reverse_kl_losses(flow, system, pts.to(device), scratch, energy_timer)
     counter.diagnostics += scratch.training
     loss = loss[torch.isfinite(loss)]
     return float(loss.mean()) if loss.numel() else float("nan")

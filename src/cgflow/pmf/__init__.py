@@ -1,0 +1,1 @@
+"""PMF estimators from flow draws: pooled importance-sampling values and mean forces."""
