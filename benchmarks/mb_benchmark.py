@@ -43,11 +43,11 @@ def main() -> None:
     print(f"Machine: {describe_machine()}\n")
     print(f"`cgflow run {args.preset} --seed N` " + " ".join(f"--set {o}" for o in args.overrides))
     print()
-    print("| seed | wall time (s) | AL iterations | final forward KLD | PMF RMSE (kT) | energy evaluations "
+    print("| seed | wall time (s) | AL iterations | final forward KLD | PMF RMSE weighted by p_ref (kT) | energy evaluations "
           "(all) | of which training | diagnostics | starting data |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for seed, wall, last, m in rows:
-        print(f"| {seed} | {wall:.1f} | {last['iteration']} | {last['forward_kld']:.2e} | {last['pmf_rmse_kT']:.3f} "
+        print(f"| {seed} | {wall:.1f} | {last['iteration']} | {last['forward_kld']:.2e} | {last.get('pmf_rmse_weighted_kT', last.get('pmf_rmse_kT')):.3f} "
               f"| {last['evals_total']:,} | {last['evals_training']:,} | {last['evals_diagnostics']:,} "
               f"| {last['evals_starting_data']:,} |")
     print("\nForward KLD against total evaluations, per iteration (seed "

@@ -97,7 +97,7 @@ def test_snapshot_equal_to_reference_has_zero_kld_and_shifted_pmf_known_kld():
     same = PMFSnapshot(ref.edges, ref.pmf_kT + 3.0, 100, "it 0")
     curve = kld_curve_from_snapshots([same], ref, "x")
     assert abs(curve.forward_kld[0]) < 1e-12 and abs(curve.reverse_kld[0]) < 1e-12
-    assert curve.pmf_rmse_kT[0] < 1e-12
+    assert curve.pmf_rmse_weighted_kT[0] < 1e-12
 
     two = ReferencePMF(edges=[np.array([0.0, 1.0, 2.0])], prob=np.array([0.5, 0.5]))
     d = math.log(3.0)  # model p = (3/4, 1/4)
@@ -106,7 +106,7 @@ def test_snapshot_equal_to_reference_has_zero_kld_and_shifted_pmf_known_kld():
     assert curve.evaluations.tolist() == [50, 200]  # sorted by evaluations
     assert curve.forward_kld[1] == pytest.approx(0.5 * math.log(4 / 3), rel=1e-12)
     assert curve.reverse_kld[1] == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), rel=1e-9)
-    assert curve.pmf_rmse_kT[1] == pytest.approx(d / 2, rel=1e-12)
+    assert curve.pmf_rmse_weighted_kT[1] == pytest.approx(d / 2, rel=1e-12)
     assert curve.forward_kld[0] == pytest.approx(0.0, abs=1e-15)
 
 
@@ -144,7 +144,7 @@ def test_md_curve_converges_and_counts_evaluations(tmp_path):
         diff = -np.log(h[m] / h.sum()) + np.log(ref.prob[m])
         w = ref.prob[m] / ref.prob[m].sum()
         diff -= np.sum(w * diff)
-        assert curve.pmf_rmse_kT[i] == pytest.approx(np.sqrt(np.sum(w * diff**2)), rel=1e-10)
+        assert curve.pmf_rmse_weighted_kT[i] == pytest.approx(np.sqrt(np.sum(w * diff**2)), rel=1e-10)
 
 
 def test_md_kld_of_unvisited_bins_depends_on_epsilon(tmp_path):
@@ -196,7 +196,7 @@ def test_run_compare_writes_files_and_refuses_existing_out_dir(tmp_path):
     text = (out / "comparison.md").read_text()
     assert "md (md_run)" in text and "active_learning (al_run)" in text and "speedup@0.001" in text
     lines = (out / "curves.csv").read_text().splitlines()
-    assert lines[0] == "label,evaluations,forward_kld,reverse_kld,pmf_rmse_kT"
+    assert lines[0] == "label,evaluations,forward_kld,reverse_kld,pmf_rmse_weighted_kT,pmf_rmse_unweighted_kT,pmf_max_abs_error_kT,coverage"
     assert len(lines) == 1 + sum(len(c.evaluations) for c in res["curves"])
     assert [r["label"] for r in res["rows"]] == ["md (md_run)", "active_learning (al_run)"]
     with pytest.raises(FileExistsError, match="not empty"):

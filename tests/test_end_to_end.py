@@ -41,7 +41,7 @@ def test_default_preset_matches_quadrature(tmp_path):
     state = run.run()
     last = state.rows[-1]
     assert last["forward_kld"] < 2e-3, last
-    assert last["pmf_rmse_kT"] < 0.3
+    assert last["pmf_rmse_weighted_kT"] < 0.3
     # the evaluation count is the sum of its parts and grows every iteration
     c = state.counter
     assert c.total == c.training + c.diagnostics + c.starting_data

@@ -26,7 +26,7 @@ from cgflow.evaluation_counter import EvaluationCounter
 from cgflow.features import CGFeatures
 from cgflow.flows import ConditionalAffineFlow, ConditionalFlow
 from cgflow.mc_sampler import find_high_error_points
-from cgflow.metrics import bin_centers_grid, forward_kld, pmf_rmse, probabilities_from_pmf, reverse_kld
+from cgflow.metrics import bin_centers_grid, forward_kld, pmf_errors, probabilities_from_pmf, reverse_kld
 from cgflow.pmf_history import save_snapshot
 from cgflow.pmf_labels import pmf_from_log_weights
 from cgflow.system import System
@@ -135,11 +135,12 @@ class ActiveLearningRun:
         import yaml
         saved = validate_config(yaml.safe_load((self.run_dir / rd.CONFIG).read_text()))
         if cfg is not None:
-            a, b = saved.model_dump(), cfg.model_dump()
-            diff = [k for k in a if a[k] != b[k]]
+            from cgflow.config import config_differences, describe_differences
+
+            diff = config_differences(saved, cfg)
             if diff:
                 raise rd.RunDirectoryError(f"cannot resume {self.run_dir}: the given config differs from the saved "
-                                           f"one in {', '.join(diff)}")
+                                           f"one in {describe_differences(saved, cfg, diff)}")
         return saved
 
     def _initialize(self) -> None:
@@ -256,13 +257,15 @@ class ActiveLearningRun:
         mean, std = self.ensemble.mean_and_std(self.grid.to(self.device))
         return mean.cpu().numpy().reshape(shape), std.cpu().numpy().reshape(shape)
 
-    def accuracy(self, mean: np.ndarray) -> dict:
+    def accuracy(self, mean: np.ndarray, std: np.ndarray | None = None) -> dict:
+        """Forward/reverse KLD and the named PMF errors of :func:`cgflow.metrics.pmf_errors`
+        (weighted RMSE, unweighted RMSE and max error where F_ref < 10 kT, ensemble std beside them)."""
         if self.reference is None:
             return {}
         p_model = probabilities_from_pmf(mean)
         return {"forward_kld": forward_kld(self.reference.prob, p_model),
                 "reverse_kld": reverse_kld(self.reference.prob, p_model),
-                "pmf_rmse_kT": pmf_rmse(self.reference.prob, mean)}
+                **pmf_errors(self.reference.prob, mean, std)}
 
     def _mc_starts(self) -> torch.Tensor:
         sc = self.cfg.sampler
@@ -312,7 +315,7 @@ class ActiveLearningRun:
 
         t2 = time.perf_counter()
         mean, std = self.pmf_on_grid()
-        acc = self.accuracy(mean)
+        acc = self.accuracy(mean, std)
         n_added, mc_row = 0, {}
         if cfg.mode == "grid":
             if row["flow_epochs"] >= cfg.grid.epochs:

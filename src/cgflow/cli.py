@@ -18,6 +18,20 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+THREADS_HELP = ("torch CPU threads of this process (default: 1, or OMP_NUM_THREADS when set; "
+                "see docs/benchmarks.md).")
+
+
+def threads_option():
+    return typer.Option(None, "--threads", min=1, help=THREADS_HELP)
+
+
+def _threads(n: Optional[int]) -> None:
+    from cgflow.threads import apply_threads
+
+    apply_threads(n)
+
+
 @app.command()
 def run(
     config: Optional[str] = typer.Argument(None, help="A preset name (see `cgflow presets`) or a YAML file."),
@@ -30,6 +44,7 @@ def run(
     reference: Optional[Path] = typer.Option(None, "--reference",
                                              help="Reference PMF .npz (keys edges, prob) for the accuracy metrics "
                                                   "of a molecule."),
+    threads: Optional[int] = threads_option(),
 ):
     """Run active learning; writes config.yaml, metrics.csv, checkpoint.pt, pmf.npz and plots to the run directory."""
     from cgflow.active_learning import ActiveLearningRun
@@ -38,27 +53,54 @@ def run(
     from cgflow.reporters import ConsoleReporter
     from cgflow.run_directory import RunDirectoryError
 
+    _threads(threads)
     overrides = list(set_) + ([f"device={device}"] if device else [])
     if reference is not None:
         if not reference.is_file():
             _fail(f"reference file not found: {reference}")
         overrides.append(f"system.reference={reference.resolve()}")
     try:
+        from cgflow import resume as rs
+
+        extend_cfg = None
         if resume:
             if out is None:
                 _fail("--resume needs --out RUN_DIR")
-            cfg = load_config(config, overrides, seed) if config else None
+            leftovers = rs.leftovers_of_unstarted_run(out)
+            if leftovers is not None:
+                # killed before its first checkpoint: nothing was computed that could be kept
+                cfg = rs.requested_config(out, config, overrides, seed) or rs.saved_config(out)
+                for p in leftovers:
+                    p.unlink()
+                typer.echo(f"{out} has no checkpoint (the run was stopped before its first one): starting it over")
+                resume = False
+            elif not (out / "checkpoint.pt").is_file():
+                _fail(f"cannot resume: no checkpoint at {out / 'checkpoint.pt'} (nothing to resume; start a run "
+                      f"with `cgflow run CONFIG --out {out}`)")
+            else:
+                new = rs.requested_config(out, config, overrides, seed)
+                if new is not None and rs.check_extension(out, rs.saved_config(out), new):
+                    extend_cfg = new
+                cfg = None
         else:
             if config is None:
                 _fail("give a preset name or a YAML file (see `cgflow presets`)")
             cfg = load_config(config, overrides, seed)
             if out is None:
                 out = Path("runs") / f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        reporters = [ConsoleReporter()] + ([] if no_plots else [PlotReporter()])
+            elif rs.leftovers_of_unstarted_run(out) is not None:
+                _fail(f"run directory {out} exists but has no checkpoint (the run was stopped before its first "
+                      f"one); start it over with `cgflow run --resume --out {out}`, or choose another --out")
+        reporters = ([] if no_plots else [PlotReporter()]) + [ConsoleReporter()]
         runner = ActiveLearningRun(cfg, out, resume=resume, reporters=reporters)
         typer.echo(f"run directory: {out}" + (f" (resuming at iteration {runner.state.iteration})" if resume else ""))
+        if extend_cfg is not None:
+            typer.echo(rs.apply_extension(runner, extend_cfg))
         if runner.state.done:
-            typer.echo(f"this run has already finished: {runner.state.stop_reason}")
+            typer.echo(f"this run has already finished: {runner.state.stop_reason}" +
+                       ("; extend it with `cgflow run --resume --out "
+                        f"{out} --set stopping.max_iterations=N`" if rs._stopped_by_stopping_rule(
+                            runner.state.stop_reason) else ""))
             return
         runner.run()
     except (ConfigError, RunDirectoryError, FileNotFoundError) as err:

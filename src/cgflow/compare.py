@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from cgflow.metrics import forward_kld, pmf_rmse, probabilities_from_pmf, reverse_kld  # noqa: E402
+from cgflow.metrics import LOW_FREE_ENERGY_KT, forward_kld, pmf_errors, probabilities_from_pmf, reverse_kld  # noqa: E402
 from cgflow.pmf_history import DIRNAME as HISTORY_DIR, PMFSnapshot, read_history  # noqa: E402
 from cgflow.reference_file import load_reference  # noqa: E402
 from cgflow.run_directory import atomic_write_text, write_metrics_csv  # noqa: E402
@@ -46,16 +46,24 @@ class Curve:
         evaluations: (n,) int64, energy evaluations spent at each point, increasing.
         forward_kld: (n,) KL(p_ref || p_model), nats.
         reverse_kld: (n,) KL(p_model || p_ref), nats.
-        pmf_rmse_kT: (n,) PMF RMSE against the reference, kT, best constant offset removed.
+        pmf_rmse_weighted_kT: (n,) PMF RMSE weighted by the reference probability, kT, over the bins
+            populated in both, best constant offset removed.
         method: the method alone (``"md"``, ``"active_learning"`` ...).
+        pmf_rmse_unweighted_kT, pmf_max_abs_error_kT: (n,) unweighted RMSE and largest error (kT) over
+            the bins with reference F < 10 kT that the model covers, after the best shift.
+        coverage: (n,) reference probability of the bins where the model PMF is finite (MD: the
+            bins visited so far); the errors above say nothing about the rest.
     """
 
     label: str
     evaluations: np.ndarray
     forward_kld: np.ndarray
     reverse_kld: np.ndarray
-    pmf_rmse_kT: np.ndarray
+    pmf_rmse_weighted_kT: np.ndarray
     method: str = ""
+    pmf_rmse_unweighted_kT: np.ndarray | None = None
+    pmf_max_abs_error_kT: np.ndarray | None = None
+    coverage: np.ndarray | None = None
 
 
 def _floored(p: np.ndarray, epsilon: float) -> np.ndarray:
@@ -63,18 +71,22 @@ def _floored(p: np.ndarray, epsilon: float) -> np.ndarray:
     return p / p.sum()
 
 
-def _point(ref: ReferencePMF, p_model: np.ndarray, pmf_kT: np.ndarray, epsilon: float) -> tuple[float, float, float]:
-    """(forward KLD, reverse KLD, RMSE) of one model.  The RMSE runs over the bins populated in
-    both, i.e. p_ref > 0 and a finite model PMF, with the reference weights renormalized there."""
+ERROR_KEYS = ("pmf_rmse_weighted_kT", "pmf_rmse_unweighted_kT", "pmf_max_abs_error_kT", "coverage")
+
+
+def _point(ref: ReferencePMF, p_model: np.ndarray, pmf_kT: np.ndarray, epsilon: float) -> tuple:
+    """(forward KLD, reverse KLD, weighted RMSE, unweighted RMSE, max error, coverage) of one model.
+    The errors run over the bins populated in both, i.e. p_ref > 0 and a finite model PMF (the
+    weighted RMSE with the reference weights renormalized there); ``coverage`` is the reference
+    probability of the bins where the model PMF is finite (see :func:`cgflow.metrics.pmf_errors`)."""
     q = _floored(p_model, epsilon)
-    both = np.where(np.isfinite(pmf_kT), ref.prob, 0.0)
-    rmse = pmf_rmse(both, np.where(np.isfinite(pmf_kT), pmf_kT, 0.0)) if both.sum() > 0 else np.nan
-    return forward_kld(ref.prob, q), reverse_kld(ref.prob, q, epsilon), rmse
+    e = pmf_errors(ref.prob, pmf_kT)
+    return (forward_kld(ref.prob, q), reverse_kld(ref.prob, q, epsilon), *(e[k] for k in ERROR_KEYS))
 
 
 def _curve(label, method, evaluations, points) -> Curve:
-    fk, rk, rm = (np.array(v, dtype=np.float64) for v in zip(*points))
-    return Curve(label, np.asarray(evaluations, dtype=np.int64), fk, rk, rm, method)
+    fk, rk, rm, ru, mx, cov = (np.array(v, dtype=np.float64) for v in zip(*points))
+    return Curve(label, np.asarray(evaluations, dtype=np.int64), fk, rk, rm, method, ru, mx, cov)
 
 
 def kld_curve_from_snapshots(snapshots: list[PMFSnapshot], ref: ReferencePMF, label: str = "snapshots",
@@ -87,9 +99,15 @@ def kld_curve_from_snapshots(snapshots: list[PMFSnapshot], ref: ReferencePMF, la
     for s in snapshots:
         same = len(s.edges) == len(ref.edges) and all(
             np.shape(e) == np.shape(r) and np.allclose(e, r) for e, r in zip(s.edges, ref.edges))
+        counts, ref_counts = [len(e) - 1 for e in s.edges], [len(e) - 1 for e in ref.edges]
+        if not same and counts == ref_counts:
+            bad = next(i for i, (e, r) in enumerate(zip(s.edges, ref.edges)) if not np.allclose(e, r))
+            raise ValueError(f"{label}: snapshot '{s.label}' has the reference's bin count but different bin edges "
+                             f"(dimension {bad}: {s.edges[bad][0]:.4g}..{s.edges[bad][-1]:.4g} vs the reference's "
+                             f"{ref.edges[bad][0]:.4g}..{ref.edges[bad][-1]:.4g})")
         if not same or np.shape(s.pmf_kT) != ref.prob.shape:
             raise ValueError(f"{label}: snapshot '{s.label}' is not on the reference bins "
-                             f"({[len(e) - 1 for e in s.edges]} bins vs {list(ref.prob.shape)})")
+                             f"({counts} bins vs {list(ref.prob.shape)})")
     snaps = sorted(snapshots, key=lambda s: s.evaluations)
     pts = [_point(ref, probabilities_from_pmf(s.pmf_kT), np.asarray(s.pmf_kT, dtype=np.float64), epsilon)
            for s in snaps]
@@ -222,7 +240,12 @@ def crossing_table(curves: list[Curve], levels=DEFAULT_LEVELS, baseline_label: s
         for lv in levels:
             row[f"stays@{lv:g}"] = evaluations_to_stay_below(c, lv)
         row.update(final_evaluations=int(c.evaluations[-1]), final_forward_kld=float(c.forward_kld[-1]),
-                   final_reverse_kld=float(c.reverse_kld[-1]), final_pmf_rmse_kT=float(c.pmf_rmse_kT[-1]))
+                   final_reverse_kld=float(c.reverse_kld[-1]),
+                   final_pmf_rmse_weighted_kT=float(c.pmf_rmse_weighted_kT[-1]))
+        if c.pmf_rmse_unweighted_kT is not None:
+            row.update(final_pmf_rmse_unweighted_kT=float(c.pmf_rmse_unweighted_kT[-1]),
+                       final_pmf_max_abs_error_kT=float(c.pmf_max_abs_error_kT[-1]),
+                       final_coverage=float(c.coverage[-1]))
         rows.append(row)
     return rows
 
@@ -300,19 +323,31 @@ def load_curves(run_dirs, ref: ReferencePMF, epsilon: float = 1e-10, n_points: i
 
 
 def plot_comparison(curves: list[Curve], path, ref_description: str, noise_floor: float | None = None) -> Path:
-    """Two log-log panels against energy evaluations: forward KLD (nats), with the reference's
-    noise floor as a dashed line if given, and PMF RMSE (kT).  Written atomically as PNG."""
+    """Three panels against energy evaluations (log x): forward KLD (nats, log y), with the
+    reference's noise floor as a dashed line if given; the weighted PMF RMSE (solid) and the
+    unweighted RMSE where F_ref < 10 kT (dashed), kT, log y; the coverage (reference probability of
+    the bins a method has a PMF for; below 1 the errors ignore the rest).  Written atomically as PNG."""
     path = Path(path)
-    fig, (ax, axr) = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, (ax, axr, axc) = plt.subplots(1, 3, figsize=(18, 5.2))
     markers = "osD^vPX*"
     for i, c in enumerate(curves):
         kw = dict(marker=markers[i % len(markers)], ms=4, lw=1.5, label=c.label)
-        for a, y in ((ax, c.forward_kld), (axr, c.pmf_rmse_kT)):
+        series = [(ax, c.forward_kld, "-"), (axr, c.pmf_rmse_weighted_kT, "-")]
+        if c.pmf_rmse_unweighted_kT is not None:
+            series += [(axr, c.pmf_rmse_unweighted_kT, "--"), (axc, c.coverage, "-")]
+        for a, y, ls in series:
             ok = (c.evaluations > 0) & np.isfinite(y) & (y > 0)
-            a.plot(c.evaluations[ok], y[ok], color=f"C{i}", **kw)
+            a.plot(c.evaluations[ok], y[ok], color=f"C{i}", ls=ls, **kw)
     if noise_floor is not None and noise_floor > 0:
         ax.axhline(noise_floor, color="k", ls="--", lw=1, label="reference noise floor (KLD between its two halves)")
-    for a, ylab in ((ax, "forward KLD  KL(p_ref ‖ p_model)  (nats)"), (axr, "PMF RMSE (kT)")):
+    axc.set_xscale("log")
+    axc.set_ylim(0, 1.05)
+    axc.set_xlabel("energy evaluations")
+    axc.set_ylabel("coverage: reference probability of bins with a PMF")
+    axc.grid(True, which="both", alpha=0.3)
+    axc.set_title("coverage vs cost")
+    for a, ylab in ((ax, "forward KLD  KL(p_ref ‖ p_model)  (nats)"),
+                    (axr, f"PMF RMSE (kT): solid weighted by p_ref, dashed unweighted F_ref < {LOW_FREE_ENERGY_KT:g} kT")):
         a.set_xscale("log")
         a.set_yscale("log")
         a.set_xlabel("energy evaluations")
@@ -342,7 +377,7 @@ def run_compare(run_dirs, reference_path, out_dir, epsilon: float = 1e-10, overw
     [Curve], "files": [Path]}``.  FileExistsError if ``out_dir`` is non-empty and not ``overwrite``."""
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output directory {out} exists and is not empty (use overwrite to replace its files)")
+        raise FileExistsError(f"output directory {out} exists and is not empty (add --overwrite to replace its files)")
     ref = load_reference(reference_path)
     curves = load_curves(run_dirs, ref, epsilon)
     rows = crossing_table(curves, levels, baseline_label)
@@ -350,14 +385,22 @@ def run_compare(run_dirs, reference_path, out_dir, epsilon: float = 1e-10, overw
     png = plot_comparison(curves, out / "comparison.png", ref.description, ref.meta.get("noise_floor_forward_kld"))
     lines = ["# Accuracy vs energy evaluations\n", f"Reference: {ref.description}  ",
              f"Model probabilities floored at epsilon = {epsilon:g}; KLDs in nats, RMSE in kT; "
-             f"speedup = baseline evaluations / method evaluations to reach a forward KLD; the RMSE "
-             f"covers the bins populated in both (for MD: the bins visited so far).\n",
+             f"speedup = baseline evaluations / method evaluations to reach a forward KLD. PMF errors run "
+             f"over the bins populated in both (for MD: the bins visited so far), so read them beside "
+             f"the coverage (the reference probability of those bins): 'RMSE weighted' is weighted by the "
+             f"reference probability; 'unweighted' and 'max error' count every bin with reference "
+             f"F < {LOW_FREE_ENERGY_KT:g} kT alike, after the best constant shift.\n",
              table_markdown(rows)]
     lines += [f"- {c.label}: {c.evaluations[-1]} evaluations, forward KLD {c.forward_kld[-1]:.4g}, "
-              f"reverse KLD {c.reverse_kld[-1]:.4g}, PMF RMSE {c.pmf_rmse_kT[-1]:.4g} kT" for c in curves]
+              f"reverse KLD {c.reverse_kld[-1]:.4g}, PMF RMSE weighted {c.pmf_rmse_weighted_kT[-1]:.4g} kT, "
+              f"unweighted {c.pmf_rmse_unweighted_kT[-1]:.4g} kT, max error {c.pmf_max_abs_error_kT[-1]:.4g} kT, "
+              f"coverage {c.coverage[-1]:.3g}" for c in curves]
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
     write_metrics_csv(out / "curves.csv", [
         {"label": c.label, "evaluations": int(e), "forward_kld": float(f), "reverse_kld": float(r),
-         "pmf_rmse_kT": float(m)}
-        for c in curves for e, f, r, m in zip(c.evaluations, c.forward_kld, c.reverse_kld, c.pmf_rmse_kT)])
+         "pmf_rmse_weighted_kT": float(m), "pmf_rmse_unweighted_kT": float(u), "pmf_max_abs_error_kT": float(x),
+         "coverage": float(cv)}
+        for c in curves for e, f, r, m, u, x, cv in zip(c.evaluations, c.forward_kld, c.reverse_kld,
+                                                         c.pmf_rmse_weighted_kT, c.pmf_rmse_unweighted_kT,
+                                                         c.pmf_max_abs_error_kT, c.coverage)])
     return {"rows": rows, "curves": curves, "files": [png, out / "comparison.md", out / "curves.csv"]}

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cgflow import run_directory as rd  # noqa: E402
+from cgflow.metrics import describe_errors, pmf_errors  # noqa: E402
 
 
 def _load_pmf(run_dir: Path) -> dict:
@@ -39,6 +40,8 @@ def plot_pmf(run_dir: Path, out: Path | None = None) -> Path:
             fr -= fr[np.isfinite(fr)].min()
             shift = np.average(f - fr, weights=d["reference_prob"])
             ax.plot(c, fr, "k--", lw=1.5, label="reference")
+            ax.set_title(describe_errors(pmf_errors(d["reference_prob"], f, sd)).replace(", unweighted", ",\nunweighted"),
+                         fontsize=8)
             f = f - shift
         ax.plot(c, f, color="C3", lw=2, label="ensemble mean")
         ax.fill_between(c, f - sd, f + sd, color="C3", alpha=0.25, label="± ensemble std")
@@ -54,6 +57,8 @@ def plot_pmf(run_dir: Path, out: Path | None = None) -> Path:
         ax.set_xlim(edges[0][0], edges[0][-1])
     else:
         fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        if "reference_prob" in d:
+            fig.suptitle(describe_errors(pmf_errors(d["reference_prob"], d["pmf_kT"], d["std_kT"])), fontsize=8)
         ext = [edges[0][0], edges[0][-1], edges[1][0], edges[1][-1]]
         for ax, key, title, cm in ((axes[0], "pmf_kT", "PMF, ensemble mean (kT)", "viridis"),
                                    (axes[1], "std_kT", "ensemble std (kT)", "magma")):
@@ -70,21 +75,46 @@ def plot_pmf(run_dir: Path, out: Path | None = None) -> Path:
     return out
 
 
+ERROR_SERIES = (  # metrics.csv column, legend label
+    ("pmf_rmse_weighted_kT", "RMSE weighted by p_ref"),
+    ("pmf_rmse_kT", "RMSE weighted by p_ref"),  # runs written before the figures were named
+    ("pmf_rmse_unweighted_kT", "RMSE unweighted, F_ref < 10 kT"),
+    ("pmf_max_abs_error_kT", "max |error|, F_ref < 10 kT"),
+    ("ensemble_std_mean_kT", "ensemble std (mean), F_ref < 10 kT"),
+    ("ensemble_std_at_max_error_kT", "ensemble std at the max error"),
+)
+
+
 def plot_kld(run_dir: Path, out: Path | None = None) -> Path | None:
-    """Forward KLD (and PMF RMSE) against total energy evaluations.  None without a reference."""
+    """Forward KLD and the named PMF errors (weighted / unweighted RMSE, max error, ensemble std
+    beside them) against total energy evaluations.  None without a reference."""
     run_dir = Path(run_dir)
     rows = rd.read_metrics_csv(run_dir / rd.METRICS)
     if not rows or "forward_kld" not in rows[0]:
         return None
     ev = np.array([r["evals_total"] for r in rows], dtype=float)
     kld = np.array([r["forward_kld"] for r in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, axe) = plt.subplots(1, 2, figsize=(11, 4))
     ax.loglog(ev, kld, "o-", color="C0")
     for r, x, y in zip(rows, ev, kld):
         ax.annotate(str(r["iteration"]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.set_xlabel("energy evaluations (all, incl. starting data and diagnostics)")
-    ax.set_ylabel("forward KLD to reference")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.set_ylabel("forward KLD to reference (nats)")
+    styles = iter(["o-", "s-", "^-", "v--", "x:"])
+    done_labels = set()
+    for key, label in ERROR_SERIES:
+        if key not in rows[0] or label in done_labels:
+            continue
+        y = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+        ok = np.isfinite(y) & (y > 0)
+        if ok.any():
+            axe.loglog(ev[ok], y[ok], next(styles), ms=4, label=label)
+            done_labels.add(label)
+    axe.set_ylabel("PMF error (kT)")
+    if done_labels:
+        axe.legend(fontsize=7)
+    for a in (ax, axe):
+        a.set_xlabel("energy evaluations (all, incl. starting data and diagnostics)")
+        a.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     out = Path(out) if out else run_dir / "kld.png"
     fig.savefig(out, dpi=120)

@@ -30,6 +30,10 @@ def load_reference(path, cg_dim: int | None = None) -> ReferencePMF:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ReferenceFileError(f"reference file not found: {path}")
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":
+            raise ReferenceFileError(f"reference file {path} is not an .npz file (a NumPy zip archive with the "
+                                     f"keys edges and prob, as `cgflow reference` writes)")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = {"edges", "prob"} - set(z.files)

@@ -4,34 +4,77 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
+from cgflow.metrics import LOW_FREE_ENERGY_KT
+
 
 def _fmt_row(row: dict) -> str:
     parts = [f"iteration {row['iteration']}", f"evals {row['evals_total']:,}",
              f"CG points {row['n_points_total']}"]
     if "forward_kld" in row:
         parts.append(f"forward KLD {row['forward_kld']:.3g}")
-    if "pmf_rmse_kT" in row:
-        parts.append(f"PMF RMSE {row['pmf_rmse_kT']:.3f} kT")
+    if "pmf_rmse_weighted_kT" in row:
+        parts.append(f"PMF RMSE weighted {row['pmf_rmse_weighted_kT']:.3f} kT")
+    if "pmf_rmse_unweighted_kT" in row:
+        parts.append(f"unweighted {row['pmf_rmse_unweighted_kT']:.3f} kT")
+    if "pmf_max_abs_error_kT" in row:
+        std = row.get("ensemble_std_at_max_error_kT")
+        parts.append(f"max err {row['pmf_max_abs_error_kT']:.2f} kT" +
+                     (f" (std there {std:.2f})" if std is not None else ""))
     parts.append(f"{row['wall_time_s']:.1f} s")
     return " | ".join(parts)
 
 
+def accuracy_lines(row: dict) -> list[str]:
+    """The final accuracy figures, each named: what it averages over and how."""
+    if "forward_kld" not in row:
+        return []
+    lines = [f"final forward KLD: {row['forward_kld']:.3g} (nats, KL(p_ref || p_model) on the reference bins)"]
+    if "pmf_rmse_weighted_kT" in row:
+        lines.append(f"PMF RMSE weighted by the reference probability: {row['pmf_rmse_weighted_kT']:.3f} kT")
+    if "pmf_rmse_unweighted_kT" in row:
+        lines.append(f"PMF error where F_ref < {LOW_FREE_ENERGY_KT:g} kT (every bin alike, best shift): "
+                     f"RMSE {row['pmf_rmse_unweighted_kT']:.3f} kT, largest {row['pmf_max_abs_error_kT']:.3f} kT")
+    if "ensemble_std_mean_kT" in row:
+        lines.append(f"ensemble std there: mean {row['ensemble_std_mean_kT']:.3f} kT, "
+                     f"{row['ensemble_std_at_max_error_kT']:.3f} kT at the largest error")
+    return lines
+
+
+def run_warnings(rows: list[dict]) -> list[str]:
+    """Distinct warnings recorded in the metrics rows (column ``warnings``, '; '-separated), in order."""
+    seen: list[str] = []
+    for r in rows:
+        for w in str(r.get("warnings") or "").split("; "):
+            w = w.strip()
+            if w and w not in seen:
+                seen.append(w)
+    return seen
+
+
 class ConsoleReporter:
-    """One line per iteration and a summary at the end."""
+    """One line per iteration (plus its warnings) and a summary at the end."""
 
     def on_iteration(self, run, row) -> None:
         tqdm.write(_fmt_row(row))
+        for w in str(row.get("warnings") or "").split("; "):
+            if w.strip():
+                tqdm.write(f"warning: {w.strip()}")
 
     def on_finish(self, run) -> None:
         st = run.state
         c = st.counter
         last = st.rows[-1] if st.rows else {}
         lines = [f"finished: {st.stop_reason}"]
-        if "forward_kld" in last:
-            lines.append(f"final forward KLD: {last['forward_kld']:.3g} (PMF RMSE {last['pmf_rmse_kT']:.3f} kT)")
+        lines += accuracy_lines(last)
         lines.append(f"energy evaluations: {c.total:,} in all = {c.training:,} training (drawn {c.drawn:,}, "
                      f"rejected by filter {c.rejected:,}, non-finite {c.nonfinite:,}) + {c.diagnostics:,} "
                      f"diagnostics + {c.starting_data:,} starting data")
         lines.append(f"wall time: {st.wall_time_s:.1f} s over {len(st.rows)} iterations")
-        lines.append(f"outputs: {run.run_dir}/ (metrics.csv, pmf.npz, pmf.png, kld.png, checkpoint.pt)")
+        warns = run_warnings(st.rows)
+        if warns:
+            lines.append(f"warnings ({len(warns)}; also in metrics.csv, column 'warnings'):")
+            lines += [f"  - {w}" for w in warns]
+        names = [n for n in ("metrics.csv", "pmf.npz", "pmf.png", "kld.png", "checkpoint.pt")
+                 if (run.run_dir / n).is_file()]
+        lines.append(f"outputs: {run.run_dir}/ ({', '.join(names)})")
         tqdm.write("\n".join(lines))

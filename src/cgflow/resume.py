@@ -1,0 +1,92 @@
+"""What `cgflow run --resume` may do besides continuing a checkpoint: start over a run that was
+killed before its first checkpoint, and extend a run by changing its stopping keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from cgflow import run_directory as rd
+from cgflow.config import (ConfigError, RunConfig, apply_overrides, config_differences, describe_differences,
+                           dump_config, load_config, validate_config)
+
+EXTENSIBLE = ("stopping.", "progress")
+"""Config keys (prefixes) a resumed run may change: the stopping rule, and whether bars are shown."""
+
+
+def extensible(key: str) -> bool:
+    return any(key == p or key.startswith(p) for p in EXTENSIBLE)
+
+
+def saved_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / rd.CONFIG
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse {path}: {str(err).splitlines()[0]}") from None
+    return validate_config(data or {})
+
+
+def requested_config(run_dir: Path, config: str | None, overrides: list[str], seed: int | None) -> RunConfig | None:
+    """The config a resume asks for: ``config`` (+ overrides, seed) if given, else the saved one with the
+    overrides and seed applied; None when nothing was asked (continue with the saved config)."""
+    if config is not None:
+        return load_config(config, overrides, seed)
+    if not overrides and seed is None:
+        return None
+    data = apply_overrides(saved_config(run_dir).model_dump(mode="json"), list(overrides))
+    if seed is not None:
+        data["seed"] = seed
+    return validate_config(data)
+
+
+def leftovers_of_unstarted_run(run_dir: Path) -> list[Path] | None:
+    """The files of a run killed before its first checkpoint (config.yaml and temporary files of
+    interrupted atomic writes), or None if ``run_dir`` is not such a run (no config.yaml, a
+    checkpoint, or any other file in it)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / rd.CONFIG).is_file() or (run_dir / rd.CHECKPOINT).exists():
+        return None
+    files = list(run_dir.iterdir())
+    ours = [p for p in files if p.name == rd.CONFIG or (p.is_file() and p.name.startswith(".") and p.name.endswith(".tmp"))]
+    return ours if len(ours) == len(files) else None
+
+
+def check_extension(run_dir: Path, saved: RunConfig, new: RunConfig) -> list[str]:
+    """The differing keys, all extensible; ConfigError naming the others."""
+    diff = config_differences(saved, new)
+    bad = [k for k in diff if not extensible(k)]
+    if bad:
+        raise ConfigError(f"cannot resume {run_dir}: the config differs from the saved one in "
+                          f"{describe_differences(saved, new, bad)}; on --resume only stopping.* and progress "
+                          f"may change")
+    return diff
+
+
+def _stopped_by_stopping_rule(reason: str) -> bool:
+    return "stopping.max_iterations" in reason or reason.startswith("forward KLD")
+
+
+def apply_extension(run, new: RunConfig) -> str:
+    """Give a resumed :class:`~cgflow.active_learning.ActiveLearningRun` the changed stopping keys of
+    ``new``: saved to config.yaml, and a run that its old stopping rule had finished is reopened if
+    the new rule lets it continue.  Returns a sentence for the console."""
+    st = run.state
+    run.cfg = new
+    rd.atomic_write_text(run.run_dir / rd.CONFIG, dump_config(new))
+    n = len(st.rows)
+    kld = st.rows[-1].get("forward_kld") if st.rows else None
+    thr, max_it = new.stopping.kld_threshold, new.stopping.max_iterations
+    below = thr is not None and kld is not None and kld < thr
+    if st.done and not _stopped_by_stopping_rule(st.stop_reason):
+        return f"the run had finished for another reason ({st.stop_reason}); the new stopping keys change nothing"
+    if n >= max_it or below:
+        st.done = True
+        st.stop_reason = (f"reached stopping.max_iterations = {max_it}" if n >= max_it
+                          else f"forward KLD {kld:.3g} < {thr:g}")
+        return f"the new stopping rule is already met after {n} iterations ({st.stop_reason})"
+    reopened = st.done
+    st.done, st.stop_reason = False, ""
+    return (f"extended: {'reopened after' if reopened else 'continuing from'} iteration {n}, "
+            f"up to stopping.max_iterations = {max_it}")
