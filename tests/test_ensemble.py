@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -35,3 +37,47 @@ def test_fit_learns_a_smooth_function_and_disagrees_away_from_data(split):
         mean, std = ens.mean_and_std(torch.tensor([[0.3], [6.0]], dtype=torch.float64))
     assert abs(mean[0].item() - 3 * np.sin(0.6)) < 0.15
     assert std[1] > 5 * std[0]  # far from the data the members disagree
+
+
+def _torus_function(s):
+    """F(s) = sin(s1) + 0.5 cos(2 s2) and its gradient, on the (phi, psi) torus."""
+    f = torch.sin(s[:, 0]) + 0.5 * torch.cos(2 * s[:, 1])
+    g = torch.stack([torch.cos(s[:, 0]), -torch.sin(2 * s[:, 1])], dim=1)
+    return f, g
+
+
+def test_sobolev_fit_recovers_a_known_function_better_than_values_alone():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    s = (torch.rand(60, 2, generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
+    f, g = _torus_function(s)
+    y = f + 0.3 * torch.randn(60, generator=gen, dtype=torch.float64)    # noisy values
+    gy = g + 0.1 * torch.randn(60, 2, generator=gen, dtype=torch.float64)  # good gradients
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-math.pi, math.pi, 30, dtype=torch.float64)] * 2,
+                                      indexing="ij"), -1).reshape(-1, 2)
+    f_grid, _ = _torus_function(grid)
+
+    def rmse(grads, weight):
+        ens = PMFEnsemble(CGFeatures((True, True)), 4, [32, 32], "tanh")
+        out = ens.fit(s, y, epochs=400, batch_size=1000, lr=1e-2, rng=np.random.default_rng(0), progress=False,
+                      grads=grads, gradient_weight=weight, train_fraction=1.0)
+        with torch.no_grad():
+            err = ens.mean_and_std(grid)[0] - f_grid
+        return float(((err - err.mean()) ** 2).mean().sqrt()), out
+
+    values_only, _ = rmse(None, 0.0)
+    sobolev, out = rmse(gy, 1.0)
+    assert sobolev < 0.15 and sobolev < 0.6 * values_only, (sobolev, values_only)
+    assert out["ensemble_grad_train_mse"] < 0.05  # the fitted gradients follow the labels
+
+
+def test_warm_start_keeps_the_previous_fit():
+    s = (torch.rand(40, 2, dtype=torch.float64) * 2 - 1) * math.pi
+    f, _ = _torus_function(s)
+    ens = PMFEnsemble(CGFeatures((True, True)), 3, [16], "tanh")
+    ens.fit(s, f, epochs=300, batch_size=1000, lr=1e-2, rng=np.random.default_rng(0), progress=False)
+    before = ens.mean_and_std(s)[0].detach().clone()
+    ens.fit(s, f, epochs=1, batch_size=1000, lr=1e-6, rng=np.random.default_rng(1), progress=False, warm_start=True)
+    assert torch.allclose(ens.mean_and_std(s)[0], before, atol=1e-3)
+    ens.fit(s, f, epochs=1, batch_size=1000, lr=1e-6, rng=np.random.default_rng(1), progress=False)
+    assert not torch.allclose(ens.mean_and_std(s)[0], before, atol=1e-2)  # a cold fit starts over
