@@ -26,3 +26,20 @@ def test_state_dict_roundtrip():
     other = ALDataset.from_state_dict(ds.state_dict())
     assert torch.equal(other.points, ds.points) and torch.equal(other.status, ds.status)
     assert other.log_w.view(-1)[4].item() == -2.0
+
+
+def test_old_entries_follow_their_priority():
+    import numpy as np
+
+    ds = ALDataset(cg_dim=1, copies=2)
+    rng = np.random.default_rng(0)
+    ds.add(torch.zeros(10, 1), added_in=0, test_fraction=0.0, rng=rng)
+    ds.add(torch.ones(10, 1), added_in=1, test_fraction=0.0, rng=rng)
+    ds.old_priority = torch.tensor([1.0] + [0.0] * 19, dtype=torch.float64)  # only point 0 of the old ones
+    ds.old_priority[1] = 1.0
+    for _ in range(5):
+        e = ds.epoch_entries(old_fraction=0.2, batch_size=1, rng=rng).numpy()
+        old_points = set((e[e < 20] // 2).tolist())
+        assert old_points <= {0, 1} and len(e[e < 20]) == 4
+    restored = ALDataset.from_state_dict(ds.state_dict())
+    assert torch.equal(restored.old_priority, ds.old_priority)

@@ -33,6 +33,8 @@ class ALDataset:
         self.log_w = torch.zeros(0, copies, dtype=torch.float64)
         self.status = torch.zeros(0, copies, dtype=torch.int8)
         self.draws = DrawLog(cg_dim)
+        # (P,) non-negative weights for choosing the older entries of an epoch (None: uniform)
+        self.old_priority: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.points.shape[0]
@@ -71,12 +73,18 @@ class ALDataset:
         """Entries (flat indices p * M + c) for one epoch of training by energy.
 
         All train entries added in the latest AL step plus a random min(old_fraction * N_latest,
-        N_older) of the older train entries, shuffled, truncated to whole batches.
+        N_older) of the older train entries (uniformly, or with probability proportional to
+        ``old_priority`` of their point where set), shuffled, truncated to whole batches.
         Returns (n_batches * batch_size,) long.
         """
         latest, older = self._train_groups()
         n_old = min(int(old_fraction * latest.size), older.size)
-        chosen = np.concatenate([latest, rng.choice(older, size=n_old, replace=False)]) if n_old else latest
+        p = None
+        if n_old and self.old_priority is not None:
+            pr = self.old_priority.numpy()[older // self.copies].astype(np.float64)
+            if np.isfinite(pr).all() and (pr > 0).sum() >= n_old:
+                p = pr / pr.sum()
+        chosen = np.concatenate([latest, rng.choice(older, size=n_old, replace=False, p=p)]) if n_old else latest
         chosen = rng.permutation(chosen)
         return torch.as_tensor(chosen[:self.epoch_size(old_fraction, batch_size)], dtype=torch.long)
 
@@ -88,6 +96,7 @@ class ALDataset:
     def state_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("copies", "points", "added_in", "is_train", "log_w", "status")}
         d["draws"] = self.draws.state_dict()
+        d["old_priority"] = self.old_priority
         return d
 
     @classmethod
@@ -97,6 +106,7 @@ class ALDataset:
             setattr(ds, k, d[k])
         if "draws" in d:
             ds.draws = DrawLog.from_state_dict(d["draws"])
+        ds.old_priority = d.get("old_priority")
         return ds
 
 

@@ -53,13 +53,22 @@ class ConditionalFlow(nn.Module):
         return torch.where(self.periodic_mask, unif, gauss).sum(-1)
 
     # --- distribution API -------------------------------------------------------------------
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """The dtype the networks compute in (float32 flows are faster; energies stay float64)."""
+        p = next(self.parameters(), None)
+        return p.dtype if p is not None else torch.float64
+
     def sample(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One reparameterized sample per row of s: (x (B, fg_dim), log q(x | s) (B,))."""
-        z = self.sample_base(s.shape[0], dtype=s.dtype, device=s.device)
-        x, log_det = self.forward(z, s)
-        return x, self.base_log_prob(z) - log_det
+        """One reparameterized sample per row of s: (x (B, fg_dim), log q(x | s) (B,)), in s's dtype
+        (computed in :attr:`param_dtype`)."""
+        pd = self.param_dtype
+        z = self.sample_base(s.shape[0], dtype=pd, device=s.device)
+        x, log_det = self.forward(z, s.to(pd))
+        return x.to(s.dtype), (self.base_log_prob(z) - log_det).to(s.dtype)
 
     def log_prob(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """log q(x | s), shape (B,)."""
-        z, log_det = self.inverse(x, s)
-        return self.base_log_prob(z) + log_det
+        """log q(x | s), shape (B,), in x's dtype (computed in :attr:`param_dtype`)."""
+        pd = self.param_dtype
+        z, log_det = self.inverse(x.to(pd), s.to(pd))
+        return (self.base_log_prob(z) + log_det).to(x.dtype)
