@@ -21,6 +21,7 @@ from cgflow import run_directory as rd
 from cgflow.acquisition import farthest_point_selection, spread_uniform_ball
 from cgflow.config import RunConfig, dump_config, validate_config
 from cgflow.dataset import EVALUATED, NOT_DRAWN, ALDataset
+from cgflow.diagnostics import iteration_warnings
 from cgflow.ensemble import PMFEnsemble
 from cgflow.evaluation_counter import EvaluationCounter
 from cgflow.features import CGFeatures
@@ -28,6 +29,7 @@ from cgflow.flows import ConditionalAffineFlow, ConditionalFlow
 from cgflow.mc_sampler import find_high_error_points
 from cgflow.metrics import bin_centers_grid, forward_kld, pmf_errors, probabilities_from_pmf, reverse_kld
 from cgflow.pmf_history import save_snapshot
+from cgflow.pmf.pooled_labels import pooled_labels
 from cgflow.pmf_labels import pmf_from_log_weights
 from cgflow.system import System
 from cgflow.systems import build_system
@@ -72,7 +74,8 @@ def build_flow(cfg: RunConfig, system: System, features: CGFeatures) -> Conditio
         f = cfg.flow
         return ConditionalSplineFlow(system.fg_dim, tuple(system.fg_periodic), features, n_blocks=f.n_blocks,
                                      hidden=f.hidden[0], n_res_blocks=f.n_res_blocks, n_bins=f.n_bins,
-                                     tail_bound=f.tail_bound, seed=cfg.seed)
+                                     tail_bound=f.tail_bound, seed=cfg.seed,
+                                     dtype=torch.float32 if f.dtype == "float32" else torch.float64)
     raise ValueError(f"unknown flow kind {cfg.flow.kind!r}")
 
 
@@ -235,7 +238,8 @@ class ActiveLearningRun:
             out = train_by_energy_epoch(self.flow, self.system, self.dataset, self.optimizer, self.state.counter,
                                         batch_size=c.batch_size, old_fraction=c.old_fraction,
                                         drop_top_k=c.drop_top_k, grad_clip=clip, rng=self.rng, progress_bar=bar,
-                                        energy_timer=energy_timer)
+                                        energy_timer=energy_timer, iteration=iteration,
+                                        with_grad_s=self.cfg.labels.mean_forces)
             skipped += out["skipped"]
         bar.close()
         return {"flow_loss": out.get("loss", math.nan), "flow_epochs": first + epochs, "skipped_steps": skipped}
@@ -243,12 +247,32 @@ class ActiveLearningRun:
     def labels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Importance-sampling PMF labels (kT) of the train CG points with >= 1 evaluated copy.
         Returns (points (P, cg_dim), labels (P,))."""
-        ds = self.dataset
+        lab = self.label_set()
+        return lab["points"], lab["pmf_kT"]
+
+    def label_set(self) -> dict:
+        """The labels of the train CG points with >= 1 evaluated draw, per ``cfg.labels``.
+
+        Returns a dict of tensors: index (P,) of the points in the dataset, points (P, cg_dim),
+        pmf_kT (P,), and for the pooled estimator
+        also pmf_se_kT (P,), mean_force (P, cg_dim) (dF/ds, kT per CG unit; NaN unless
+        labels.mean_forces), mean_force_se (P, cg_dim), ess (P,), n_draws (P,)."""
+        ds, lc = self.dataset, self.cfg.labels
         use = ds.is_train & (ds.status == EVALUATED).any(1)
-        f = pmf_from_log_weights(ds.log_w[use], drawn=ds.status[use] != NOT_DRAWN,
-                                 top_k_clip=self.cfg.labels.top_k_clip)
-        ok = torch.isfinite(f)
-        return ds.points[use][ok], f[ok]
+        if lc.estimator == "latest":
+            f = pmf_from_log_weights(ds.log_w[use], drawn=ds.status[use] != NOT_DRAWN, top_k_clip=lc.top_k_clip)
+            ok = torch.isfinite(f)
+            return {"index": torch.nonzero(use).reshape(-1)[ok], "points": ds.points[use][ok], "pmf_kT": f[ok]}
+        cols = ds.draws.columns()
+        lab = pooled_labels(len(ds), cols["point"], cols["iteration"], cols["log_w"], cols["grad_s"],
+                            rule=lc.pool_rule, power=lc.pool_power, top_k_clip=lc.top_k_clip)
+        ok = use & torch.isfinite(lab.pmf_kT)
+        out = {"index": torch.nonzero(ok).reshape(-1), "points": ds.points[ok], "pmf_kT": lab.pmf_kT[ok],
+               "pmf_se_kT": lab.pmf_se_kT[ok],
+               "ess": lab.ess[ok], "n_draws": lab.n_draws[ok]}
+        if lc.mean_forces:
+            out["mean_force"], out["mean_force_se"] = lab.mean_force[ok], lab.mean_force_se[ok]
+        return out
 
     @torch.no_grad()
     def pmf_on_grid(self) -> tuple[np.ndarray, np.ndarray]:
@@ -266,6 +290,51 @@ class ActiveLearningRun:
         return {"forward_kld": forward_kld(self.reference.prob, p_model),
                 "reverse_kld": reverse_kld(self.reference.prob, p_model),
                 **pmf_errors(self.reference.prob, mean, std)}
+
+    def uncertainty(self, mean: np.ndarray, std: np.ndarray) -> dict:
+        """The ensemble's own error bar, no reference needed: ``boltzmann_std_kT`` = sum_b p(b) sigma(b)
+        with p from the ensemble mean.  With a reference also ``boltzmann_abs_err_kT`` = sum_b p(b)
+        |F(b) - F_ref(b) - c| (c the p-weighted mean offset): the actual error it predicts."""
+        p = probabilities_from_pmf(mean)
+        out = {"boltzmann_std_kT": float(np.sum(p * std))}
+        if self.reference is not None:
+            ref = self.reference.prob
+            ok = ref > 0
+            with np.errstate(divide="ignore"):
+                err = (mean - (-np.log(np.where(ok, ref, 1.0))))[ok]
+            w = p[ok] / p[ok].sum()
+            out["boltzmann_abs_err_kT"] = float(np.sum(w * np.abs(err - np.sum(w * err))))
+        return out
+
+    @torch.no_grad()
+    def _set_old_priority(self, labels: dict) -> None:
+        """Revisit probabilities of the dataset's points (lever: spend draws where the KLD is decided):
+        mix / N + (1 - mix) * p(s) se(s)^2 / sum, p(s) ~ exp(-F_mean(s)); unlabelled points get the
+        largest se."""
+        ds, mix = self.dataset, self.cfg.by_energy.old_priority_mix
+        f = self.ensemble.mean_and_std(ds.points.to(self.device))[0].cpu().double()
+        boltz = torch.exp(-(f - f.min()).clamp_max(700))
+        se = torch.full((len(ds),), math.nan, dtype=torch.float64)
+        if "pmf_se_kT" in labels:
+            se[labels["index"]] = labels["pmf_se_kT"].cpu().double()
+        fill = float(se[torch.isfinite(se)].max()) if bool(torch.isfinite(se).any()) else 1.0
+        se = torch.where(torch.isfinite(se), se, torch.full_like(se, fill))
+        need = boltz * se**2
+        need = need / need.sum() if float(need.sum()) > 0 else torch.full_like(need, 1.0 / len(ds))
+        ds.old_priority = mix / len(ds) + (1 - mix) * need
+
+    def _fit_ensemble(self, labels: dict) -> dict:
+        e, it = self.cfg.ensemble, self.state.iteration
+        warm = e.warm_epochs is not None and bool(self.ensemble.fitted)
+        se = e.weighting == "standard_error" and "pmf_se_kT" in labels
+        dev = self.device
+        return self.ensemble.fit(
+            labels["points"].to(dev), labels["pmf_kT"].to(dev), epochs=e.warm_epochs if warm else e.epochs,
+            batch_size=e.batch_size, lr=e.lr, split=e.split, train_fraction=e.train_fraction, rng=self.rng,
+            progress=self.cfg.progress, warm_start=warm,
+            grads=labels.get("mean_force"), gradient_weight=e.gradient_weight,
+            value_se=labels["pmf_se_kT"] if se else None,
+            grad_se=labels.get("mean_force_se") if se else None, se_floor=(e.se_floor_kT, e.se_floor_grad))
 
     def _mc_starts(self) -> torch.Tensor:
         sc = self.cfg.sampler
@@ -303,19 +372,25 @@ class ActiveLearningRun:
         times["t_energy_s"] = t_energy  # part of t_flow_s
 
         t1 = time.perf_counter()
-        pts, lab = self.labels()
+        labels = self.label_set()
+        pts = labels["points"]
         times["t_labels_s"] = time.perf_counter() - t1
+        label_row = {}
+        if "ess" in labels:
+            label_row = {"label_ess_median": float(labels["ess"].median()), "label_ess_min": float(labels["ess"].min()),
+                         "label_se_median_kT": float(labels["pmf_se_kT"].median()),
+                         "n_draws_pooled": int(labels["n_draws"].sum())}
 
         t1 = time.perf_counter()
-        e = cfg.ensemble
-        fit = self.ensemble.fit(pts.to(self.device), lab.to(self.device), epochs=e.epochs, batch_size=e.batch_size,
-                                lr=e.lr, split=e.split, train_fraction=e.train_fraction, rng=self.rng,
-                                progress=cfg.progress)
+        fit = self._fit_ensemble(labels)
         times["t_ensemble_s"] = time.perf_counter() - t1
+        if cfg.by_energy.old_selection == "boltzmann_se":
+            self._set_old_priority(labels)
 
         t2 = time.perf_counter()
         mean, std = self.pmf_on_grid()
         acc = self.accuracy(mean, std)
+        acc.update(self.uncertainty(mean, std))
         n_added, mc_row = 0, {}
         if cfg.mode == "grid":
             if row["flow_epochs"] >= cfg.grid.epochs:
@@ -327,6 +402,10 @@ class ActiveLearningRun:
         if not st.done and cfg.stopping.kld_threshold is not None and kld is not None \
                 and kld < cfg.stopping.kld_threshold:
             st.done, st.stop_reason = True, f"forward KLD {kld:.3g} < {cfg.stopping.kld_threshold:g}"
+        b_std = acc.get("boltzmann_std_kT")
+        if not st.done and cfg.stopping.std_target_kT is not None and b_std < cfg.stopping.std_target_kT:
+            st.done, st.stop_reason = True, (f"Boltzmann-weighted ensemble std {b_std:.3g} kT < "
+                                             f"{cfg.stopping.std_target_kT:g} kT")
         if not st.done and it >= cfg.stopping.max_iterations:
             st.done, st.stop_reason = True, f"reached stopping.max_iterations = {cfg.stopping.max_iterations}"
 
@@ -334,9 +413,10 @@ class ActiveLearningRun:
         row.update({
             "n_train_points_labelled": int(pts.shape[0]), "n_points_total": len(self.dataset),
             "n_points_added": n_added, **{f"evals_{k}": v for k, v in st.counter.as_dict().items()},
-            **acc, **fit, **mc_row,
+            **label_row, **acc, **fit, **mc_row,
             **times, "wall_time_s": st.wall_time_s,
         })
+        row["warnings"] = "; ".join(iteration_warnings(self, fit, labels, mean))  # cgflow.diagnostics
         st.rows.append(row)
         st.iteration += 1
         # PMF files first: a run killed before the checkpoint redoes this iteration and rewrites them

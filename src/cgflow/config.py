@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
@@ -64,6 +65,8 @@ class FlowConfig(Strict):
     # (reference code; far CG points then enter the network with large magnitude) or with the
     # mean/std of a uniform distribution over the CG domain
     context_standardization: Literal["starting_data", "domain"] = "domain"
+    # the flow networks' dtype (spline flows); samples, log q, energies and labels stay float64
+    dtype: Literal["float64", "float32"] = "float64"
 
 
 class ByExampleConfig(Strict):
@@ -89,13 +92,28 @@ class ByEnergyConfig(Strict):
     grad_clip_switch_epoch: NonNegInt = 0
     drop_top_k: NonNegInt = 0
     old_fraction: Fraction = 0.3
+    # which older entries an epoch revisits: uniformly, or preferring points where more draws cut the
+    # forward KLD most: probability ~ mix / N + (1 - mix) * exp(-F(s)) * se(s)^2 (ensemble mean F, label
+    # standard error; needs labels.estimator pooled)
+    old_selection: Literal["uniform", "boltzmann_se"] = "uniform"
+    old_priority_mix: Fraction = 0.5
     test_loss: bool = True
     # after the warm-up: constant lr, or (grid mode) cosine decay to 0 over the remaining epochs
     lr_decay: Literal["none", "cosine"] = "none"
 
 
 class LabelsConfig(Strict):
+    """PMF labels of the train CG points.
+
+    estimator: "latest" (each copy's latest draw, the reference code) or "pooled" (every draw of the
+    run, weighted per iteration, see cgflow.pmf.pooled_labels); pool_rule / pool_power: the pooling
+    weights; mean_forces: also estimate dF/ds from the same draws (needs estimator pooled)."""
+
     top_k_clip: NonNegInt = 0
+    estimator: Literal["latest", "pooled"] = "latest"
+    pool_rule: Literal["inverse_variance", "uniform"] = "inverse_variance"
+    pool_power: PositiveFloat = 2.0
+    mean_forces: bool = False
 
 
 class EnsembleConfig(Strict):
@@ -108,6 +126,14 @@ class EnsembleConfig(Strict):
     epochs: PositiveInt = 1000
     batch_size: PositiveInt = 256
     lr: PositiveFloat = 5e-4
+    # Sobolev fit: weight of the mean-force residuals (needs labels.mean_forces); 0: values only
+    gradient_weight: NonNegFloat = 0.0
+    # residual weights: uniform, or 1 / (standard error^2 + floor^2) of each label
+    weighting: Literal["uniform", "standard_error"] = "uniform"
+    se_floor_kT: PositiveFloat = 0.05
+    se_floor_grad: PositiveFloat = 0.5
+    # continue from the previous iteration's networks with warm_epochs epochs (None: refit from scratch)
+    warm_epochs: PositiveInt | None = None
 
 
 class SamplerConfig(Strict):
@@ -140,7 +166,11 @@ class GridConfig(Strict):
 
 
 class StoppingConfig(Strict):
+    """kld_threshold needs a reference (an oracle: for benchmarks); std_target_kT does not: stop when
+    the ensemble's Boltzmann-weighted std sum_b p(b) sigma(b) (p from the ensemble mean) falls below it."""
+
     kld_threshold: PositiveFloat | None = None
+    std_target_kT: PositiveFloat | None = None
     max_iterations: PositiveInt = 100
 
 
@@ -167,6 +197,12 @@ class RunConfig(Strict):
         if self.acquisition.n_select > self.sampler.n_find:
             raise ValueError(f"acquisition.n_select ({self.acquisition.n_select}) must be <= "
                              f"sampler.n_find ({self.sampler.n_find})")
+        if self.by_energy.old_selection != "uniform" and self.labels.estimator != "pooled":
+            raise ValueError("by_energy.old_selection boltzmann_se needs labels.estimator: pooled")
+        if self.labels.mean_forces and self.labels.estimator != "pooled":
+            raise ValueError("labels.mean_forces needs labels.estimator: pooled")
+        if self.ensemble.gradient_weight > 0 and not self.labels.mean_forces:
+            raise ValueError("ensemble.gradient_weight > 0 needs labels.mean_forces: true")
         if self.sampler.n_find > self.sampler.n_chains:
             raise ValueError(f"sampler.n_find ({self.sampler.n_find}) must be <= sampler.n_chains "
                              f"({self.sampler.n_chains})")
