@@ -64,8 +64,27 @@ def check_extension(run_dir: Path, saved: RunConfig, new: RunConfig) -> list[str
     return diff
 
 
+NOT_STOPPING_RULE = ("MC found no point", "grid conditioning")
+
+
 def _stopped_by_stopping_rule(reason: str) -> bool:
-    return "stopping.max_iterations" in reason or reason.startswith("forward KLD")
+    """Whether a run finished because of its ``stopping`` keys (not MC exhaustion / end of a grid run)."""
+    return bool(reason) and not reason.startswith(NOT_STOPPING_RULE)
+
+
+def _rule_met(new: RunConfig, rows: list[dict]) -> str | None:
+    """The stop reason ``new``'s stopping rule gives after ``rows``, or None if it lets the run go on."""
+    s = new.stopping
+    n, last = len(rows), (rows[-1] if rows else {})
+    if n >= s.max_iterations:
+        return f"reached stopping.max_iterations = {s.max_iterations}"
+    kld = last.get("forward_kld")
+    if s.kld_threshold is not None and kld is not None and kld < s.kld_threshold:
+        return f"forward KLD {kld:.3g} < {s.kld_threshold:g}"
+    target, b_std = getattr(s, "std_target_kT", None), last.get("boltzmann_std_kT")
+    if target is not None and b_std is not None and b_std < target:
+        return f"Boltzmann-weighted ensemble std {b_std:.3g} kT < {target:g} kT"
+    return None
 
 
 def apply_extension(run, new: RunConfig) -> str:
@@ -75,18 +94,14 @@ def apply_extension(run, new: RunConfig) -> str:
     st = run.state
     run.cfg = new
     rd.atomic_write_text(run.run_dir / rd.CONFIG, dump_config(new))
-    n = len(st.rows)
-    kld = st.rows[-1].get("forward_kld") if st.rows else None
-    thr, max_it = new.stopping.kld_threshold, new.stopping.max_iterations
-    below = thr is not None and kld is not None and kld < thr
     if st.done and not _stopped_by_stopping_rule(st.stop_reason):
         return f"the run had finished for another reason ({st.stop_reason}); the new stopping keys change nothing"
-    if n >= max_it or below:
-        st.done = True
-        st.stop_reason = (f"reached stopping.max_iterations = {max_it}" if n >= max_it
-                          else f"forward KLD {kld:.3g} < {thr:g}")
-        return f"the new stopping rule is already met after {n} iterations ({st.stop_reason})"
+    n = len(st.rows)
+    met = _rule_met(new, st.rows)
+    if met is not None:
+        st.done, st.stop_reason = True, met
+        return f"the new stopping rule is already met after {n} iterations ({met})"
     reopened = st.done
     st.done, st.stop_reason = False, ""
     return (f"extended: {'reopened after' if reopened else 'continuing from'} iteration {n}, "
-            f"up to stopping.max_iterations = {max_it}")
+            f"up to stopping.max_iterations = {new.stopping.max_iterations}")
