@@ -134,6 +134,7 @@ def sample(
     n: int = typer.Option(100, "--n", min=1, help="Number of structures."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .pdb or .dcd (any format mdtraj writes)."),
     degrees: bool = typer.Option(False, "--degrees", help="--cg values are in degrees."),
+    threads: Optional[int] = threads_option(),
 ):
     """Backmapping: draw all-atom structures from the flow at given CG values, with importance weights.
 
@@ -155,6 +156,12 @@ def sample(
         values = [math.radians(v) for v in values]
     if out.exists():
         _fail(f"{out} exists; choose another --out")
+    if not run_dir.is_dir():
+        _fail(f"no such run directory: {run_dir}")
+    if not (run_dir / "checkpoint.pt").is_file():
+        _fail(f"{run_dir} has no checkpoint.pt: not a cgflow run directory, or its run stopped before the first "
+              f"checkpoint")
+    _threads(threads)
     try:
         run = ActiveLearningRun(None, run_dir, resume=True)
     except (RunDirectoryError, FileNotFoundError, ValueError) as err:
@@ -187,6 +194,11 @@ def sample(
     ess = 1.0 / float((w**2).sum()) if finite.any() else 0.0
     typer.echo(f"wrote {n} structures to {out} ({int(ok.sum())} accepted by the filter; {int(ok.sum())} energy "
                f"evaluations); effective sample size {ess:.1f}; weights in {out}.weights.csv")
+    from cgflow.diagnostics import sample_ess_warning
+
+    warning = sample_ess_warning(ess, n)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from cgflow.cli import _fail, app
+from cgflow.cli import _fail, _threads, app, threads_option
 
 SYSTEM_HELP = "A preset name (its system section is used, e.g. mb or aldp) or a YAML file."
 
@@ -28,13 +28,19 @@ def _errors_to_exit():
         _fail(str(err).splitlines()[0] if str(err) else repr(err))
 
 
+def _system_key(item: str) -> str:
+    """--set of a baseline command names a key of the system section: `cg=[phi]` and `system.cg=[phi]`
+    are the same."""
+    return item if item.strip().startswith("system.") or "=" not in item else f"system.{item.strip()}"
+
+
 def _view(system_spec: str, set_: list[str], device: str = "cpu"):
     """The SimulationView of the system named by a preset / YAML (+ --set overrides)."""
     from cgflow.baselines.simulation_view import simulation_view
     from cgflow.config import load_config
     from cgflow.systems import build_system
 
-    cfg = load_config(system_spec, list(set_), None)
+    cfg = load_config(system_spec, [_system_key(s) for s in set_], None)
     return simulation_view(build_system(cfg.system, device=device)), cfg.system.name
 
 
@@ -56,12 +62,14 @@ def md(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (torch engine)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Override a system key of the preset."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a system key of the preset, e.g. cg=[phi]."),
+    threads: Optional[int] = threads_option(),
 ):
     """MD baseline: Langevin dynamics (300 K, 1/ps, no constraints), CG values streamed to disk,
     every force evaluation counted, checkpointed and resumable."""
     from cgflow.baselines.md import MD_JSON, MDRun, MDSettings
 
+    _threads(threads)
     with _errors_to_exit():
         if resume:
             import json
@@ -69,6 +77,10 @@ def md(
             if not (out / MD_JSON).is_file():
                 _fail(f"cannot resume: {out / MD_JSON} not found")
             info = json.loads((out / MD_JSON).read_text())
+            asked = int(info["settings"]["n_steps"])
+            if steps is not None and steps < asked:
+                _fail(f"--steps {steps} is below the {asked} steps per replica this run was asked for; give "
+                      f"--steps > {asked} to extend it, or leave --steps out to finish it")
             view, _ = _view(system or info["system_spec"], info.get("system_set", []), info["settings"]["device"])
             new = None if steps is None else MDSettings(**{**info["settings"], "n_steps": steps})
             run = MDRun(view, out, new, resume=True)
@@ -106,11 +118,13 @@ def umbrella(
     snapshots: int = typer.Option(4, "--snapshots", help="PMF estimates from growing parts of the production."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device"),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Override a system key of the preset."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a system key of the preset, e.g. cg=[phi]."),
+    threads: Optional[int] = threads_option(),
 ):
     """Umbrella sampling on a grid of CG windows (all windows batched in torch), PMF by MBAR (pymbar)."""
     from cgflow.baselines.umbrella import UmbrellaRun, UmbrellaSettings
 
+    _threads(threads)
     with _errors_to_exit():
         _check_out(out)
         st = UmbrellaSettings(windows_per_dim=windows, spring_kT=spring_kT, equilibration_steps=equilibration_steps,
