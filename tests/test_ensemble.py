@@ -81,3 +81,17 @@ def test_warm_start_keeps_the_previous_fit():
     assert torch.allclose(ens.mean_and_std(s)[0], before, atol=1e-3)
     ens.fit(s, f, epochs=1, batch_size=1000, lr=1e-6, rng=np.random.default_rng(1), progress=False)
     assert not torch.allclose(ens.mean_and_std(s)[0], before, atol=1e-2)  # a cold fit starts over
+
+
+def test_patience_stops_a_converged_fit_early():
+    s = (torch.rand(40, 2, dtype=torch.float64) * 2 - 1) * math.pi
+    f, _ = _torus_function(s)
+    f = f + 0.3 * torch.randn(40, dtype=torch.float64)  # noisy labels: the loss has a floor
+    ens = PMFEnsemble(CGFeatures((True, True)), 3, [16], "tanh")
+    ens.fit(s, f, epochs=400, batch_size=1000, lr=1e-2, rng=np.random.default_rng(0), progress=False)
+    out = ens.fit(s, f, epochs=400, batch_size=1000, lr=1e-7, rng=np.random.default_rng(1), progress=False,
+                  warm_start=True, patience=5)
+    assert out["ensemble_epochs"] < 50  # nothing left to learn at this lr: stops after ~patience epochs
+    full = ens.fit(s, f, epochs=30, batch_size=1000, lr=1e-5, rng=np.random.default_rng(1), progress=False,
+                   warm_start=True)
+    assert full["ensemble_epochs"] == 30

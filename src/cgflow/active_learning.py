@@ -169,8 +169,19 @@ class ActiveLearningRun:
             seed_points = self.cg_grid_points()
         elif n_seed is not None and n_seed < s0.shape[0]:
             seed_points = s0[torch.as_tensor(self.rng.choice(s0.shape[0], size=n_seed, replace=False))]
+        n_fill = self.cfg.acquisition.n_space_filling_seed_points
+        if self.cfg.mode != "grid" and n_fill:
+            seed_points = torch.cat([seed_points, self.space_filling_points(n_fill)])
         self.dataset.add(seed_points, added_in=0, test_fraction=self.cfg.acquisition.test_fraction, rng=self.rng)
         self.state.wall_time_s += time.perf_counter() - t0
+
+    def space_filling_points(self, n: int) -> torch.Tensor:
+        """n points of a scrambled Sobol sequence over the CG domain (seeded by the run's rng), (n, cg_dim)."""
+        from scipy.stats import qmc
+
+        u = qmc.Sobol(d=self.system.cg_dim, scramble=True, seed=self.rng).random(n)
+        lo, hi = np.array(self.system.cg_domain, dtype=np.float64).T
+        return torch.as_tensor(lo + u * (hi - lo), dtype=torch.float64)
 
     def cg_grid_points(self) -> torch.Tensor:
         """The grid of grid conditioning: points_per_dim per CG dim over the domain, both ends included."""
@@ -197,7 +208,10 @@ class ActiveLearningRun:
                               stop_reason=ck["stop_reason"], wall_time_s=ck["wall_time_s"])
         self.flow.load_state_dict(ck["flow"])
         self.optimizer.load_state_dict(ck["optimizer"])
-        self.ensemble.load_state_dict(ck["ensemble"])
+        res = self.ensemble.load_state_dict(ck["ensemble"], strict=False)
+        if res.unexpected_keys or set(res.missing_keys) - {"fitted", "std_scale"}:  # buffers added later
+            raise rd.RunDirectoryError(f"cannot resume {self.run_dir}: the checkpoint's ensemble does not match "
+                                       f"({res.missing_keys or res.unexpected_keys})")
         self.dataset = ALDataset.from_state_dict(ck["dataset"])
         torch.set_rng_state(ck["torch_rng"])
         self.rng.bit_generator.state = ck["numpy_rng"]
@@ -267,6 +281,8 @@ class ActiveLearningRun:
         lab = pooled_labels(len(ds), cols["point"], cols["iteration"], cols["log_w"], cols["grad_s"],
                             rule=lc.pool_rule, power=lc.pool_power, top_k_clip=lc.top_k_clip)
         ok = use & torch.isfinite(lab.pmf_kT)
+        if lc.bias_correction:  # E[-ln Z^] ~ F + Var(Z^)/(2 Z^2): remove the Jensen bias to first order
+            lab.pmf_kT = lab.pmf_kT - 0.5 * lab.pmf_se_kT**2
         out = {"index": torch.nonzero(ok).reshape(-1), "points": ds.points[ok], "pmf_kT": lab.pmf_kT[ok],
                "pmf_se_kT": lab.pmf_se_kT[ok],
                "ess": lab.ess[ok], "n_draws": lab.n_draws[ok]}
@@ -292,11 +308,13 @@ class ActiveLearningRun:
                 **pmf_errors(self.reference.prob, mean, std)}
 
     def uncertainty(self, mean: np.ndarray, std: np.ndarray) -> dict:
-        """The ensemble's own error bar, no reference needed: ``boltzmann_std_kT`` = sum_b p(b) sigma(b)
-        with p from the ensemble mean.  With a reference also ``boltzmann_abs_err_kT`` = sum_b p(b)
+        """The ensemble's own error bar, no reference needed: ``boltzmann_std_kT`` = k sum_b p(b) sigma(b)
+        with p from the ensemble mean and k the ensemble's held-out calibration factor (``std_scale``;
+        ``boltzmann_std_raw_kT`` without it).  With a reference also ``boltzmann_abs_err_kT`` = sum_b p(b)
         |F(b) - F_ref(b) - c| (c the p-weighted mean offset): the actual error it predicts."""
         p = probabilities_from_pmf(mean)
-        out = {"boltzmann_std_kT": float(np.sum(p * std))}
+        k = float(self.ensemble.std_scale)
+        out = {"boltzmann_std_kT": k * float(np.sum(p * std)), "boltzmann_std_raw_kT": float(np.sum(p * std))}
         if self.reference is not None:
             ref = self.reference.prob
             ok = ref > 0
@@ -331,7 +349,7 @@ class ActiveLearningRun:
         return self.ensemble.fit(
             labels["points"].to(dev), labels["pmf_kT"].to(dev), epochs=e.warm_epochs if warm else e.epochs,
             batch_size=e.batch_size, lr=e.lr, split=e.split, train_fraction=e.train_fraction, rng=self.rng,
-            progress=self.cfg.progress, warm_start=warm,
+            progress=self.cfg.progress, warm_start=warm, patience=e.patience,
             grads=labels.get("mean_force"), gradient_weight=e.gradient_weight,
             value_se=labels["pmf_se_kT"] if se else None,
             grad_se=labels.get("mean_force_se") if se else None, se_floor=(e.se_floor_kT, e.se_floor_grad))

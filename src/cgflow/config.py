@@ -114,6 +114,8 @@ class LabelsConfig(Strict):
     pool_rule: Literal["inverse_variance", "uniform"] = "inverse_variance"
     pool_power: PositiveFloat = 2.0
     mean_forces: bool = False
+    # subtract the first-order log bias se^2 / 2 of -ln(mean weight) from pooled value labels
+    bias_correction: bool = False
 
 
 class EnsembleConfig(Strict):
@@ -134,6 +136,8 @@ class EnsembleConfig(Strict):
     se_floor_grad: PositiveFloat = 0.5
     # continue from the previous iteration's networks with warm_epochs epochs (None: refit from scratch)
     warm_epochs: PositiveInt | None = None
+    # stop a fit once its training loss has not improved by 0.1 % for this many epochs (None: all epochs)
+    patience: PositiveInt | None = None
 
 
 class SamplerConfig(Strict):
@@ -151,6 +155,9 @@ class SamplerConfig(Strict):
 class AcquisitionConfig(Strict):
     # how many CG points of the starting data seed the dataset (a random subset; None: all)
     n_seed_points: PositiveInt | None = None
+    # plus this many space-filling seed points over the whole CG domain (scrambled Sobol sequence):
+    # regions the starting MD never visited get labels from the start, not only when MC reaches them
+    n_space_filling_seed_points: NonNegInt = 0
     n_select: PositiveInt = 1
     spread_radius: PositiveFloat = 0.5
     spread_points: PositiveInt = 65

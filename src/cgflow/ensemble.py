@@ -44,6 +44,8 @@ class PMFEnsemble(nn.Module):
             [nn.Parameter(torch.empty(n_models, 1, b, dtype=torch.float64)) for b in sizes[1:]])
         self.register_buffer("offset", torch.zeros((), dtype=torch.float64))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        # factor k >= 1 that makes k * std a calibrated error bar (set by fit from held-out residuals)
+        self.register_buffer("std_scale", torch.ones((), dtype=torch.float64))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -80,11 +82,34 @@ class PMFEnsemble(nn.Module):
         f = self.forward(s)
         return f.mean(0), f.std(0, unbiased=True)
 
+    @torch.no_grad()
+    def _calibrate(self, pred: torch.Tensor, y: torch.Tensor, held_out: torch.Tensor,
+                   value_se: torch.Tensor | None) -> float:
+        """Set ``std_scale`` = k >= 1 so that k * std explains the held-out residuals.
+
+        A model's residual at a point it did not see, r = F_m(s) - y, has variance ~ k^2 sigma(s)^2 +
+        se(s)^2 (the model's error, which the ensemble spread sigma should describe, plus label noise).
+        k^2 = sum w (r^2 - se^2) / sum w sigma^2 over held-out (model, point) pairs, with Boltzmann
+        weights w ~ exp(-F_mean) (the populated region decides the KLD).  Returns k."""
+        if not bool(held_out.any()):
+            self.std_scale.fill_(1.0)
+            return 1.0
+        mean, var = pred.mean(0), pred.var(0, unbiased=True)
+        w = torch.exp(-(mean - mean.min()).clamp_max(700)).expand_as(pred)[held_out]
+        se2 = (value_se.to(pred.device) ** 2).nan_to_num(0.0) if value_se is not None else torch.zeros_like(mean)
+        r2 = ((pred - y) ** 2)[held_out] - se2.expand_as(pred)[held_out]
+        v = var.expand_as(pred)[held_out]
+        k2 = float((w * r2).sum() / (w * v).sum().clamp_min(1e-300))
+        k = math.sqrt(max(k2, 1.0)) if math.isfinite(k2) else 1.0
+        self.std_scale.fill_(k)
+        return k
+
     def fit(self, s: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
             split: str = "fraction", train_fraction: float = 0.8, rng: np.random.Generator,
             progress: bool = True, grads: torch.Tensor | None = None, gradient_weight: float = 0.0,
             value_se: torch.Tensor | None = None, grad_se: torch.Tensor | None = None,
-            se_floor: tuple[float, float] = (0.05, 0.5), warm_start: bool = False) -> dict:
+            se_floor: tuple[float, float] = (0.05, 0.5), warm_start: bool = False,
+            patience: int | None = None) -> dict:
         """Train every model on its own subset of (s, labels) [and mean forces: a Sobolev fit].
 
         Args:
@@ -99,6 +124,8 @@ class PMFEnsemble(nn.Module):
                 the weights normalized to mean 1 (a chi-square fit up to a scale); else uniform.
             warm_start: continue from the current parameters (and input standardization, offset)
                 instead of re-initializing; the first fit always initializes.
+            patience: stop early once the training loss has not improved by 0.1 % for this many
+                epochs (None: run all ``epochs``).
         Returns:
             dict with the mean train and held-out MSE of the values over models (kT^2), and of the
             gradients if fitted ((kT/unit)^2).
@@ -150,7 +177,10 @@ class PMFEnsemble(nn.Module):
         b = min(batch_size, n_sub)
         n_batches = max(1, n_sub // b)
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+        best, since, n_epochs = math.inf, 0, 0
         for _ in tqdm(range(epochs), desc="ensemble", leave=False, disable=not progress, mininterval=0.5):
+            n_epochs += 1
+            epoch_loss = 0.0
             order = torch.argsort(torch.rand(K, n_sub, generator=gen), dim=1).to(device)
             shuffled = idx_t.gather(1, order)
             for i in range(n_batches):
@@ -167,7 +197,16 @@ class PMFEnsemble(nn.Module):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-        out = {}
+                if patience is not None:
+                    epoch_loss += float(loss.detach())
+            if patience is not None:
+                if epoch_loss < best * (1 - 1e-3):
+                    best, since = epoch_loss, 0
+                else:
+                    since += 1
+                    if since >= patience:
+                        break
+        out = {"ensemble_epochs": n_epochs}
         ho = torch.as_tensor(held_out, device=device)
         sk = s.unsqueeze(0).expand(K, -1, -1).clone().requires_grad_(use_grad)
         with torch.set_grad_enabled(use_grad):
@@ -177,6 +216,7 @@ class PMFEnsemble(nn.Module):
             err2 = (pred.detach() - y) ** 2  # (K, P)
             out["ensemble_train_mse"] = float((err2 * ~ho).sum() / (~ho).sum())
             out["ensemble_heldout_mse"] = float((err2 * ho).sum() / ho.sum()) if bool(ho.any()) else math.nan
+            out["ensemble_std_scale"] = self._calibrate(pred.detach(), y, ho, value_se)
             if use_grad:
                 gerr2 = ((dpred - g) ** 2 * g_ok).sum(-1) / g_ok.sum(-1).clamp_min(1)  # (K, P)
                 out["ensemble_grad_train_mse"] = float((gerr2 * ~ho).sum() / (~ho).sum())
