@@ -9,8 +9,35 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="PMFs in coarse-grained coordinates from conditional normalizing flows and active learning.")
+
+
+@app.callback()
+def _main() -> None:
+    """PMFs in coarse-grained coordinates from conditional normalizing flows and active learning."""
+    if not sys.stderr.isatty():
+        quiet_progress_bars()
+
+
+def quiet_progress_bars() -> None:
+    """Output that is not a terminal (a log file, a pipe, CI) gets no progress bars: their redraws would
+    flood it.  The one line per iteration (and the summary) still comes.  Must run before the modules
+    that draw bars are imported (the commands import them lazily)."""
+    import tqdm.auto
+
+    base = tqdm.auto.tqdm
+    if getattr(base, "_cgflow_quiet", False):
+        return
+
+    class QuietTqdm(base):
+        _cgflow_quiet = True
+
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    tqdm.auto.tqdm = QuietTqdm
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -26,17 +53,18 @@ def threads_option():
     return typer.Option(None, "--threads", min=1, help=THREADS_HELP)
 
 
-def _threads(n: Optional[int]) -> None:
+def _threads(n: Optional[int]) -> int:
     from cgflow.threads import apply_threads
 
-    apply_threads(n)
+    return apply_threads(n)
 
 
 @app.command()
 def run(
     config: Optional[str] = typer.Argument(None, help="A preset name (see `cgflow presets`) or a YAML file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/NAME-TIMESTAMP]."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key, e.g. --set ensemble.epochs=200."),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
+                                   help="Override a config key, e.g. --set ensemble.epochs=200."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (overrides the config's)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (overrides the config's)."),
@@ -53,7 +81,7 @@ def run(
     from cgflow.reporters import ConsoleReporter
     from cgflow.run_directory import RunDirectoryError
 
-    _threads(threads)
+    n_threads = _threads(threads)
     overrides = list(set_) + ([f"device={device}"] if device else [])
     if reference is not None:
         if not reference.is_file():
@@ -93,7 +121,8 @@ def run(
                       f"one); start it over with `cgflow run --resume --out {out}`, or choose another --out")
         reporters = ([] if no_plots else [PlotReporter()]) + [ConsoleReporter()]
         runner = ActiveLearningRun(cfg, out, resume=resume, reporters=reporters)
-        typer.echo(f"run directory: {out}" + (f" (resuming at iteration {runner.state.iteration})" if resume else ""))
+        typer.echo(f"run directory: {out}" + (f" (resuming at iteration {runner.state.iteration})" if resume else "")
+                   + (f"; torch threads: {n_threads}" if runner.device.type == "cpu" else ""))
         if extend_cfg is not None:
             typer.echo(rs.apply_extension(runner, extend_cfg))
         if runner.state.done:
@@ -201,6 +230,20 @@ def sample(
         typer.echo(f"warning: {warning}", err=True)
 
 
+def preset_description(text: str) -> str:
+    """The first sentence of a preset's header comment (which may span several comment lines)."""
+    import re
+
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    joined = " ".join(x for x in lines if x)
+    m = re.search(r"(?<=[.!?])\s", joined)
+    return joined[: m.start()] if m else joined
+
+
 @app.command()
 def presets(show: Optional[str] = typer.Argument(None, help="Print this preset's YAML.")):
     """List the shipped presets, or print one."""
@@ -208,9 +251,11 @@ def presets(show: Optional[str] = typer.Argument(None, help="Print this preset's
 
     names = preset_names()
     if show is None:
+        import textwrap
+
         for n in names:
-            first = preset_text(n).splitlines()[0].lstrip("# ")
-            typer.echo(f"{n:12s} {first}")
+            typer.echo(textwrap.fill(preset_description(preset_text(n)), width=100, initial_indent=f"{n:12s} ",
+                                     subsequent_indent=" " * 13))
         return
     if show not in names:
         _fail(f"unknown preset {show!r} (presets: {', '.join(names)})")

@@ -62,7 +62,8 @@ def md(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (torch engine)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Override a system key of the preset, e.g. cg=[phi]."),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
+                                   help="Override a system key of the preset, e.g. cg=[phi]."),
     threads: Optional[int] = threads_option(),
 ):
     """MD baseline: Langevin dynamics (300 K, 1/ps, no constraints), CG values streamed to disk,
@@ -118,7 +119,8 @@ def umbrella(
     snapshots: int = typer.Option(4, "--snapshots", help="PMF estimates from growing parts of the production."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device"),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Override a system key of the preset, e.g. cg=[phi]."),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
+                                   help="Override a system key of the preset, e.g. cg=[phi]."),
     threads: Optional[int] = threads_option(),
 ):
     """Umbrella sampling on a grid of CG windows (all windows batched in torch), PMF by MBAR (pymbar)."""

@@ -34,7 +34,7 @@ def ensemble_fit_warning(fit: dict, limit_rmse_kT: float = POOR_FIT_RMSE_KT) -> 
     if math.isfinite(mse) and mse <= limit_rmse_kT**2:
         return None
     return (f"poor ensemble fit: RMSE {math.sqrt(mse) if math.isfinite(mse) else mse:.3g} kT on its own training "
-            f"labels (MSE {mse:.3g} kT^2, above {limit_rmse_kT:g} kT); the labels are noisy or the ensemble "
+            f"labels (MSE {mse:.3g} kT^2, above {limit_rmse_kT:g} kT): the labels are noisy or the ensemble "
             f"undertrained (ensemble.epochs, ensemble.lr)")
 
 
@@ -49,7 +49,7 @@ def label_ess_warning(ess, low: float = LOW_LABEL_ESS, max_fraction: float = LOW
     if frac <= max_fraction:
         return None
     return (f"low label ESS: {frac:.0%} of {ess.size} labelled CG points have an importance-sampling effective "
-            f"sample size below {low:g} (median {np.median(ess):.3g}, min {ess.min():.3g}); the flow is far from "
+            f"sample size below {low:g} (median {np.median(ess):.3g}, min {ess.min():.3g}): the flow is far from "
             f"the target there (train the flow longer, by_energy.*)")
 
 
@@ -93,8 +93,8 @@ def sample_ess_warning(ess: float, n: int, fraction: float = SAMPLE_ESS_FRACTION
     if ess >= limit:
         return None
     return (f"low effective sample size {ess:.3g} of {n} structures (below {limit:.3g}): a few structures carry "
-            f"almost all the weight, the flow is poor at these CG values; reweight with the weights file or "
-            f"train longer")
+            f"almost all the weight, the flow is poor at these CG values (reweight with the weights file or "
+            f"train longer)")
 
 
 def iteration_warnings(run, fit: dict, labels: dict, pmf_kT: np.ndarray) -> list[str]:
@@ -106,7 +106,7 @@ def iteration_warnings(run, fit: dict, labels: dict, pmf_kT: np.ndarray) -> list
     system = run.system
     out.append(minimum_without_data_warning(pmf_kT, _numpy(run.grid), _numpy(labels["points"]), system.cg_periodic,
                                             system.cg_domain, run.cfg.acquisition.spread_radius))
-    return [w for w in out if w]
+    return [w.replace(";", ",") for w in out if w]  # "; " separates warnings in metrics.csv
 
 
 def _numpy(x) -> np.ndarray:

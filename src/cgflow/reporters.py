@@ -40,15 +40,30 @@ def accuracy_lines(row: dict) -> list[str]:
     return lines
 
 
-def run_warnings(rows: list[dict]) -> list[str]:
-    """Distinct warnings recorded in the metrics rows (column ``warnings``, '; '-separated), in order."""
-    seen: list[str] = []
+def run_warnings(rows: list[dict]) -> list[tuple[int, str]]:
+    """(iteration, warning) for every warning recorded in the metrics rows (column ``warnings``,
+    '; '-separated), in order."""
+    out = []
     for r in rows:
         for w in str(r.get("warnings") or "").split("; "):
-            w = w.strip()
-            if w and w not in seen:
-                seen.append(w)
-    return seen
+            if w.strip():
+                out.append((r.get("iteration"), w.strip()))
+    return out
+
+
+def warning_lines(rows: list[dict], limit: int = 8) -> list[str]:
+    """The summary's warning section (empty without warnings)."""
+    warns = run_warnings(rows)
+    if not warns:
+        return []
+    last_it = rows[-1].get("iteration") if rows else None
+    last = sum(1 for it, _ in warns if it == last_it)
+    lines = [f"warnings: {len(warns)} in {len({it for it, _ in warns})} iteration(s), "
+             f"{last or 'none'} in the last one (metrics.csv, column 'warnings'):"]
+    lines += [f"  - iteration {it}: {w}" for it, w in warns[-limit:]]
+    if len(warns) > limit:
+        lines.append(f"  ({len(warns) - limit} earlier ones in metrics.csv)")
+    return lines
 
 
 class ConsoleReporter:
@@ -70,10 +85,7 @@ class ConsoleReporter:
                      f"rejected by filter {c.rejected:,}, non-finite {c.nonfinite:,}) + {c.diagnostics:,} "
                      f"diagnostics + {c.starting_data:,} starting data")
         lines.append(f"wall time: {st.wall_time_s:.1f} s over {len(st.rows)} iterations")
-        warns = run_warnings(st.rows)
-        if warns:
-            lines.append(f"warnings ({len(warns)}; also in metrics.csv, column 'warnings'):")
-            lines += [f"  - {w}" for w in warns]
+        lines += warning_lines(st.rows)
         names = [n for n in ("metrics.csv", "pmf.npz", "pmf.png", "kld.png", "checkpoint.pt")
                  if (run.run_dir / n).is_file()]
         lines.append(f"outputs: {run.run_dir}/ ({', '.join(names)})")

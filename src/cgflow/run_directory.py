@@ -22,10 +22,18 @@ class RunDirectoryError(ValueError):
     """A problem with the run directory (exists without --resume, missing checkpoint, ...)."""
 
 
+def _file_mode() -> int:
+    """The mode a plainly created file gets (0666 less the umask; 0644 usually), not mkstemp's 0600."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _file_mode())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
