@@ -110,3 +110,26 @@ def test_md_resume_with_fewer_steps_is_an_error_and_more_extends(tmp_path):
     assert res.returncode != 0 and "below the 200 steps" in res.stderr
     res = cgflow("md", "--resume", "--out", "m", "--steps", "400", cwd=tmp_path)
     assert res.returncode == 0 and "400 steps" in res.stdout
+
+
+def test_extension_rules(tmp_path):
+    from cgflow.resume import apply_extension, check_extension
+
+    cfg = load_config("mb", SMALL)
+    run = ActiveLearningRun(cfg, tmp_path / "r")
+    # progress alone changes nothing but the saved config
+    assert apply_extension(run, load_config("mb", SMALL + ["progress=true"])) == ""
+    assert run.cfg.progress and not run.state.done
+    # a run the MC finished stays finished
+    run.state.done, run.state.stop_reason = True, "MC found no point with std > 0.25 kT in 3000 steps"
+    msg = apply_extension(run, load_config("mb", SMALL + ["stopping.max_iterations=5"]))
+    assert "another reason" in msg and run.state.done
+    # a run its stopping rule finished reopens, unless the new rule is already met
+    run.state.rows = [{"iteration": 1, "forward_kld": 0.01}]
+    run.state.stop_reason = "reached stopping.max_iterations = 1"
+    msg = apply_extension(run, load_config("mb", SMALL + ["stopping.max_iterations=3", "stopping.kld_threshold=0.1"]))
+    assert run.state.done and "already met" in msg and "forward KLD" in run.state.stop_reason
+    msg = apply_extension(run, load_config("mb", SMALL + ["stopping.max_iterations=3"]))
+    assert not run.state.done and "reopened after iteration 1" in msg
+    with pytest.raises(Exception, match=r"flow\.hidden"):
+        check_extension(tmp_path / "r", cfg, load_config("mb", SMALL + ["flow.hidden=[8]"]))

@@ -124,7 +124,9 @@ def run(
         typer.echo(f"run directory: {out}" + (f" (resuming at iteration {runner.state.iteration})" if resume else "")
                    + (f"; torch threads: {n_threads}" if runner.device.type == "cpu" else ""))
         if extend_cfg is not None:
-            typer.echo(rs.apply_extension(runner, extend_cfg))
+            message = rs.apply_extension(runner, extend_cfg)
+            if message:
+                typer.echo(message)
         if runner.state.done:
             typer.echo(f"this run has already finished: {runner.state.stop_reason}" +
                        ("; extend it with `cgflow run --resume --out "

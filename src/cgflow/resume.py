@@ -92,8 +92,11 @@ def apply_extension(run, new: RunConfig) -> str:
     ``new``: saved to config.yaml, and a run that its old stopping rule had finished is reopened if
     the new rule lets it continue.  Returns a sentence for the console."""
     st = run.state
+    stopping_changed = any(k.startswith("stopping.") for k in config_differences(run.cfg, new))
     run.cfg = new
     rd.atomic_write_text(run.run_dir / rd.CONFIG, dump_config(new))
+    if not stopping_changed:
+        return ""
     if st.done and not _stopped_by_stopping_rule(st.stop_reason):
         return f"the run had finished for another reason ({st.stop_reason}); the new stopping keys change nothing"
     n = len(st.rows)
