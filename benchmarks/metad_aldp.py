@@ -116,8 +116,10 @@ def main() -> None:
     ap.add_argument("--csv", type=Path, default=None, help="curves CSV [default: OUT/curves.csv]")
     ap.add_argument("--reference", type=Path, default=REFERENCE)
     a = ap.parse_args()
-    dirs = run_metad_seeds(a.out, a.seeds, a.steps, a.cpu_core, a.snapshot_every, **_parse_set(a.set_))
-    path = write_curves_csv(dirs, a.csv or a.out / "curves.csv", a.reference)
+    dirs = []
+    for s in a.seeds:  # the CSV is rewritten after every seed, so a cut-short run leaves its curves
+        dirs += run_metad_seeds(a.out, [s], a.steps, a.cpu_core, a.snapshot_every, **_parse_set(a.set_))
+        path = write_curves_csv(dirs, a.csv or a.out / "curves.csv", a.reference)
     print(f"curves: {path}")
     marks = [m for m in (1e5, 2.5e5, 5e5, 1e6, 1.5e6, 2e6, 3e6, 3.5e6) if m <= a.steps + 1]
     curves = [kld_curves(d, a.reference) for d in dirs]

@@ -102,6 +102,7 @@ def test_metad_run_snapshots_carry_increasing_wall_times(tmp_path, aldp_view):
     saved = json.loads((tmp_path / "m" / "metad.json").read_text())
     assert saved["bias_force"].startswith("CustomCompoundBondForce") and saved["n_deposits"] == 15
     assert saved["setup_time_s"] > 0 and saved["snapshot_time_s"] >= 0 and saved["steps_per_s"] > 0
+    assert saved["finished"] and saved["steps_done"] == 1500 and saved["evaluations"] == 1501
     # the benchmark's curve reader (benchmarks/metad_aldp.py) against the shipped reference
     spec = importlib.util.spec_from_file_location("metad_aldp", ROOT / "benchmarks" / "metad_aldp.py")
     mod = importlib.util.module_from_spec(spec)
@@ -131,5 +132,5 @@ def test_cli_metad_aldp_uses_tuned_defaults(tmp_path):
     assert r.exit_code == 0, r.output
     st = json.loads((tmp_path / "b" / "metad.json").read_text())["settings"]
     assert st["bias_factor"] == 9 and st["deposit_every_steps"] == 250
-    assert st["height_kT"] == pytest.approx(tuned["height_kT"])
+    assert st["height_kT"] == pytest.approx(tuned["height_kT"]) and st["timestep_fs"] == 2.0
     assert default_settings("muller-brown") == GENERIC_DEFAULTS

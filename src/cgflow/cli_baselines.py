@@ -151,7 +151,8 @@ def metad(
                                                    "width [default: the system's, else 0.05]"),
     deposit_every: Optional[int] = typer.Option(None, "--deposit-every", help="[default: the system's, else 500]"),
     snapshot_every: int = typer.Option(50_000, "--snapshot-every"),
-    timestep_fs: Optional[float] = typer.Option(None, "--timestep-fs", help="Time step [default: the system's]."),
+    timestep_fs: Optional[float] = typer.Option(None, "--timestep-fs", help="Time step [default: the tuned one, "
+                                                "else the system's]."),
     friction: float = typer.Option(1.0, "--friction", help="Langevin friction, 1/ps."),
     cpu_core: Optional[int] = typer.Option(None, "--cpu-core", help="Pin the run (and OpenMM's worker thread) "
                                            "to this CPU core."),
@@ -160,7 +161,7 @@ def metad(
 ):
     """Well-tempered metadynamics on the CG coordinates (OpenMM CPU, one thread), PMF snapshots as it
     goes.  Unset hill settings take the system's tuned defaults (alanine dipeptide: bias factor 6,
-    1.2 kJ/mol hills of width 0.35 rad every 500 steps; see `cgflow.baselines.metadynamics`)."""
+    1.2 kJ/mol hills of width 0.35 rad every 500 steps of 2 fs; see `cgflow.baselines.metadynamics`)."""
     from cgflow.baselines.metadynamics import MetadynamicsRun, MetadynamicsSettings, default_settings
 
     with _errors_to_exit():
@@ -168,10 +169,10 @@ def metad(
         view, _ = _view(system, set_)
         kw = default_settings(view.name)
         given = {"bias_factor": bias_factor, "height_kT": height_kT, "width_fraction": width_fraction,
-                 "deposit_every_steps": deposit_every}
+                 "deposit_every_steps": deposit_every, "timestep_fs": timestep_fs}
         kw.update({k: v for k, v in given.items() if v is not None})
-        st = MetadynamicsSettings(n_steps=steps, snapshot_every_steps=snapshot_every, timestep_fs=timestep_fs,
-                                  friction_per_ps=friction, seed=seed, **kw)
+        st = MetadynamicsSettings(n_steps=steps, snapshot_every_steps=snapshot_every, friction_per_ps=friction,
+                                  seed=seed, **kw)
         info = MetadynamicsRun(view, out, st).run(cpu_core=cpu_core)
     typer.echo(f"{info['evaluations']} energy evaluations in {info['wall_time_s']:.1f} s of MD "
                f"({info['steps_per_s']:.0f} steps/s; set-up {info['setup_time_s']:.1f} s); PMFs in "

@@ -194,12 +194,13 @@ def _dihedral(p0, p1, p2, p3) -> float:
 GENERIC_DEFAULTS = {"bias_factor": 6.0, "height_kT": 0.5, "width_fraction": 0.05, "deposit_every_steps": 500}
 SYSTEM_DEFAULTS = {
     "alanine-dipeptide": {"bias_factor": 6.0, "height_kT": 1.2 / (MOLAR_GAS_CONSTANT_KJ_PER_MOL_K * 300.0),
-                          "width_fraction": 0.35 / (2 * np.pi), "deposit_every_steps": 500},
+                          "width_fraction": 0.35 / (2 * np.pi), "deposit_every_steps": 500, "timestep_fs": 2.0},
 }
 
 
 def default_settings(system_name: str) -> dict:
-    """The default WT-metaD settings (bias_factor, height_kT, width_fraction, deposit_every_steps) of a system."""
+    """The default WT-metaD settings (bias_factor, height_kT, width_fraction, deposit_every_steps, and
+    where tuned timestep_fs) of a system."""
     return dict(SYSTEM_DEFAULTS.get(system_name, GENERIC_DEFAULTS))
 
 
@@ -289,7 +290,20 @@ class MetadynamicsRun:
         sim.context.setVelocitiesToTemperature(T, openmm_seed(st.seed, "metad-velocities"))
         setup_s = time.perf_counter() - t_setup
         md_s = snapshot_s = 0.0
-        snaps = []
+        info = {"method": "metadynamics", "system": self.system_label, "settings": st.model_dump(),
+                "estimator": "well-tempered bias: F = -(gamma / (gamma - 1)) V, interpolated to bin centres",
+                "bias_force": "CustomCompoundBondForce (direct)" if meta.direct else "CustomCVForce",
+                "platform": "CPU, Threads=1", "cpu_core": cpu_core, "temperature_K": v.temperature_K,
+                "timestep_fs": st.timestep_fs or v.timestep_fs, "cg_names": list(v.cg_names),
+                "setup_time_s": setup_s}
+
+        def write(steps_done: int, finished: bool) -> None:
+            # rewritten at every snapshot, so a run cut short still says what it did
+            info.update({"finished": finished, "steps_done": steps_done, "evaluations": steps_done + 1,
+                         "wall_time_s": md_s, "snapshot_time_s": snapshot_s,
+                         "steps_per_s": steps_done / md_s if md_s > 0 else None, "n_deposits": meta.n_deposits})
+            atomic_write_text(self.run_dir / METAD_JSON, json.dumps(info, indent=1) + "\n")
+
         with tqdm(total=st.n_steps, desc="well-tempered metadynamics", unit="step", unit_scale=True,
                   disable=not self.progress, leave=False) as bar:
             for i in range(st.n_steps // st.snapshot_every_steps):
@@ -302,14 +316,5 @@ class MetadynamicsRun:
                 save_snapshot(self.run_dir, i + 1, self.edges, self.free_energy_on_bins(meta), steps + 1,
                               label=f"step {steps}", wall_time_s=md_s)
                 snapshot_s += time.perf_counter() - t1
-                snaps.append(steps)
-        info = {"method": "metadynamics", "system": self.system_label, "settings": st.model_dump(),
-                "estimator": "well-tempered bias: F = -(gamma / (gamma - 1)) V, interpolated to bin centres",
-                "bias_force": "CustomCompoundBondForce (direct)" if meta.direct else "CustomCVForce",
-                "evaluations": st.n_steps + 1, "wall_time_s": md_s, "setup_time_s": setup_s,
-                "snapshot_time_s": snapshot_s, "steps_per_s": st.n_steps / md_s if md_s > 0 else None,
-                "n_deposits": meta.n_deposits, "cpu_core": cpu_core, "platform": "CPU, Threads=1",
-                "temperature_K": v.temperature_K, "timestep_fs": st.timestep_fs or v.timestep_fs,
-                "cg_names": list(v.cg_names)}
-        atomic_write_text(self.run_dir / METAD_JSON, json.dumps(info, indent=1) + "\n")
+                write(steps, steps == st.n_steps)
         return info
