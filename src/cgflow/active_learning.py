@@ -268,7 +268,8 @@ class ActiveLearningRun:
         """The labels of the train CG points with >= 1 evaluated draw, per ``cfg.labels``.
 
         Returns a dict of tensors: index (P,) of the points in the dataset, points (P, cg_dim),
-        pmf_kT (P,), and for the pooled estimator
+        pmf_kT (P,), and for the pooled estimator pmf_noise2_kT2 (P,) (an empirical estimate of each
+        label's variance from two halves of its draws; NaN where a half has none),
         also pmf_se_kT (P,), mean_force (P, cg_dim) (dF/ds, kT per CG unit; NaN unless
         labels.mean_forces), mean_force_se (P, cg_dim), ess (P,), n_draws (P,)."""
         ds, lc = self.dataset, self.cfg.labels
@@ -280,11 +281,18 @@ class ActiveLearningRun:
         cols = ds.draws.columns()
         lab = pooled_labels(len(ds), cols["point"], cols["iteration"], cols["log_w"], cols["grad_s"],
                             rule=lc.pool_rule, power=lc.pool_power, top_k_clip=lc.top_k_clip)
+        # empirical label noise: the same estimator on two halves of the draws (alternate draws);
+        # (F_1 - F_2)^2 / 4 estimates the variance of the full label without trusting the SE formula
+        half = torch.arange(cols["point"].numel()) % 2 == 0
+        f_half = [pooled_labels(len(ds), *(cols[k][m] for k in ("point", "iteration", "log_w", "grad_s")),
+                                rule=lc.pool_rule, power=lc.pool_power, top_k_clip=lc.top_k_clip).pmf_kT
+                  for m in (half, ~half)]
+        noise2 = (f_half[0] - f_half[1]) ** 2 / 4
         ok = use & torch.isfinite(lab.pmf_kT)
         if lc.bias_correction:  # E[-ln Z^] ~ F + Var(Z^)/(2 Z^2): remove the Jensen bias to first order
             lab.pmf_kT = lab.pmf_kT - 0.5 * lab.pmf_se_kT**2
         out = {"index": torch.nonzero(ok).reshape(-1), "points": ds.points[ok], "pmf_kT": lab.pmf_kT[ok],
-               "pmf_se_kT": lab.pmf_se_kT[ok],
+               "pmf_se_kT": lab.pmf_se_kT[ok], "pmf_noise2_kT2": noise2[ok],
                "ess": lab.ess[ok], "n_draws": lab.n_draws[ok]}
         if lc.mean_forces:
             out["mean_force"], out["mean_force_se"] = lab.mean_force[ok], lab.mean_force_se[ok]
@@ -352,7 +360,8 @@ class ActiveLearningRun:
             progress=self.cfg.progress, warm_start=warm, patience=e.patience,
             grads=labels.get("mean_force"), gradient_weight=e.gradient_weight,
             value_se=labels["pmf_se_kT"] if se else None,
-            grad_se=labels.get("mean_force_se") if se else None, se_floor=(e.se_floor_kT, e.se_floor_grad))
+            grad_se=labels.get("mean_force_se") if se else None, se_floor=(e.se_floor_kT, e.se_floor_grad),
+            value_noise2=labels.get("pmf_noise2_kT2"))
 
     def _mc_starts(self) -> torch.Tensor:
         sc = self.cfg.sampler
@@ -414,7 +423,7 @@ class ActiveLearningRun:
             if row["flow_epochs"] >= cfg.grid.epochs:
                 st.done, st.stop_reason = True, f"grid conditioning finished its {cfg.grid.epochs} epochs"
         else:
-            n_added, mc_row = self._acquire(it)
+            n_added, mc_row = self._acquire(it, mean, std)
         times["t_mc_s"] = time.perf_counter() - t2
         kld = acc.get("forward_kld")
         if not st.done and cfg.stopping.kld_threshold is not None and kld is not None \
@@ -446,8 +455,43 @@ class ActiveLearningRun:
             r.on_iteration(self, row)
         return row
 
-    def _acquire(self, it: int) -> tuple[int, dict]:
-        """MC on the ensemble mean, diversity selection and spreading; returns (points added, metrics)."""
+    def _grid_score_candidates(self, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+        """n_find points: bins drawn with probability ~ exp(-beta F) sigma^2 (no repeats), uniform inside."""
+        sc = self.cfg.sampler
+        f, sig = mean.reshape(-1), std.reshape(-1)
+        score = np.exp(-sc.beta * (f - np.nanmin(f))) * sig**2
+        score = np.where(np.isfinite(score), score, 0.0)
+        n = min(sc.n_find, int((score > 0).sum()))
+        if n == 0:
+            return torch.zeros(0, self.system.cg_dim, dtype=torch.float64)
+        bins = self.rng.choice(score.size, size=n, replace=False, p=score / score.sum())
+        idx = np.unravel_index(bins, mean.shape)
+        lo = np.stack([e[i] for e, i in zip(self.edges, idx)], 1)
+        hi = np.stack([e[i + 1] for e, i in zip(self.edges, idx)], 1)
+        return torch.as_tensor(lo + self.rng.random(lo.shape) * (hi - lo), dtype=torch.float64)
+
+    def _acquire(self, it: int, mean: np.ndarray, std: np.ndarray) -> tuple[int, dict]:
+        """MC on the ensemble mean (or a draw on the grid), diversity selection and spreading; returns
+        (points added, metrics)."""
+        cfg, st, sc = self.cfg, self.state, self.cfg.sampler
+        a = cfg.acquisition
+        if sc.kind == "grid_score":
+            pts, row = self._grid_score_candidates(mean, std), {}
+            if pts.shape[0] < a.n_select:
+                st.done, st.stop_reason = True, "the acquisition score is zero everywhere"
+                return 0, row
+        else:
+            pts, row = self._mc_candidates()
+            if pts is None:
+                return 0, row
+        centers = pts[farthest_point_selection(pts, a.n_select, self.system.cg_periodic, self.rng)]
+        new = spread_uniform_ball(centers, a.spread_points, a.spread_radius, self.system.cg_periodic, self.rng)
+        self.dataset.add(new, added_in=it, test_fraction=a.test_fraction, rng=self.rng)
+        st.mc_start = centers
+        return new.shape[0], row
+
+    def _mc_candidates(self) -> tuple[torch.Tensor | None, dict]:
+        """MC chains on the ensemble mean (method spec 2.9); (None, row) and the run stops if exhausted."""
         cfg, st, sc = self.cfg, self.state, self.cfg.sampler
         mc = find_high_error_points(self.ensemble.mean_and_std, self._mc_starts().to(self.device),
                                     periodic=self.system.cg_periodic, step_size=sc.step_size,
@@ -458,14 +502,8 @@ class ActiveLearningRun:
         row = {"mc_steps": mc.steps, "mc_acceptance": mc.acceptance}
         if mc.exhausted:
             st.done, st.stop_reason = True, f"MC found no point with std > {sc.threshold} kT in {sc.max_steps} steps"
-            return 0, row
-        a = cfg.acquisition
-        pts = mc.points.cpu()
-        centers = pts[farthest_point_selection(pts, a.n_select, self.system.cg_periodic, self.rng)]
-        new = spread_uniform_ball(centers, a.spread_points, a.spread_radius, self.system.cg_periodic, self.rng)
-        self.dataset.add(new, added_in=it, test_fraction=a.test_fraction, rng=self.rng)
-        st.mc_start = centers
-        return new.shape[0], row
+            return None, row
+        return mc.points.cpu(), row
 
     def _save_pmf(self, mean, std) -> None:
         extra = {}

@@ -141,6 +141,16 @@ class EnsembleConfig(Strict):
 
 
 class SamplerConfig(Strict):
+    """How new CG points are found.
+
+    kind "mc" (the reference method): Monte Carlo chains on the ensemble mean at inverse temperature
+    ``beta``, each stopping where the ensemble std exceeds ``threshold``; the run stops when none does
+    within ``max_steps``.  kind "grid_score": draw ``n_find`` bins of the evaluation grid with
+    probability ~ exp(-beta F_mean) sigma^2, the expected forward-KLD reduction of labelling there
+    (Boltzmann-probable and uncertain), a uniform point inside each; for CG spaces whose metric grid
+    fits in memory (d <= 3).  Both then go through farthest-point selection and spreading."""
+
+    kind: Literal["mc", "grid_score"] = "mc"
     step_size: PositiveFloat = 0.1
     threshold: PositiveFloat = 0.4
     n_chains: PositiveInt = 50

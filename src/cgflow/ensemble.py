@@ -84,19 +84,24 @@ class PMFEnsemble(nn.Module):
 
     @torch.no_grad()
     def _calibrate(self, pred: torch.Tensor, y: torch.Tensor, held_out: torch.Tensor,
-                   value_se: torch.Tensor | None) -> float:
+                   noise2: torch.Tensor | None) -> float:
         """Set ``std_scale`` = k >= 1 so that k * std explains the held-out residuals.
 
         A model's residual at a point it did not see, r = F_m(s) - y, has variance ~ k^2 sigma(s)^2 +
-        se(s)^2 (the model's error, which the ensemble spread sigma should describe, plus label noise).
-        k^2 = sum w (r^2 - se^2) / sum w sigma^2 over held-out (model, point) pairs, with Boltzmann
+        n(s)^2 (the model's error, which the ensemble spread sigma should describe, plus label noise n).
+        k^2 = sum w (r^2 - n^2) / sum w sigma^2 over held-out (model, point) pairs, with Boltzmann
         weights w ~ exp(-F_mean) (the populated region decides the KLD).  Returns k."""
         if not bool(held_out.any()):
             self.std_scale.fill_(1.0)
             return 1.0
         mean, var = pred.mean(0), pred.var(0, unbiased=True)
         w = torch.exp(-(mean - mean.min()).clamp_max(700)).expand_as(pred)[held_out]
-        se2 = (value_se.to(pred.device) ** 2).nan_to_num(0.0) if value_se is not None else torch.zeros_like(mean)
+        if noise2 is not None:
+            n2 = noise2.to(pred.device)
+            fill = n2[torch.isfinite(n2)].mean() if bool(torch.isfinite(n2).any()) else torch.zeros((), dtype=n2.dtype)
+            se2 = torch.where(torch.isfinite(n2), n2, fill.to(n2.device))
+        else:
+            se2 = torch.zeros_like(mean)
         r2 = ((pred - y) ** 2)[held_out] - se2.expand_as(pred)[held_out]
         v = var.expand_as(pred)[held_out]
         k2 = float((w * r2).sum() / (w * v).sum().clamp_min(1e-300))
@@ -109,7 +114,7 @@ class PMFEnsemble(nn.Module):
             progress: bool = True, grads: torch.Tensor | None = None, gradient_weight: float = 0.0,
             value_se: torch.Tensor | None = None, grad_se: torch.Tensor | None = None,
             se_floor: tuple[float, float] = (0.05, 0.5), warm_start: bool = False,
-            patience: int | None = None) -> dict:
+            patience: int | None = None, value_noise2: torch.Tensor | None = None) -> dict:
         """Train every model on its own subset of (s, labels) [and mean forces: a Sobolev fit].
 
         Args:
@@ -126,6 +131,8 @@ class PMFEnsemble(nn.Module):
                 instead of re-initializing; the first fit always initializes.
             patience: stop early once the training loss has not improved by 0.1 % for this many
                 epochs (None: run all ``epochs``).
+            value_noise2: (P,) estimates of each label's noise variance (kT^2) for the calibration of
+                the std (NaN: unknown); None: value_se^2, else 0.
         Returns:
             dict with the mean train and held-out MSE of the values over models (kT^2), and of the
             gradients if fitted ((kT/unit)^2).
@@ -216,7 +223,8 @@ class PMFEnsemble(nn.Module):
             err2 = (pred.detach() - y) ** 2  # (K, P)
             out["ensemble_train_mse"] = float((err2 * ~ho).sum() / (~ho).sum())
             out["ensemble_heldout_mse"] = float((err2 * ho).sum() / ho.sum()) if bool(ho.any()) else math.nan
-            out["ensemble_std_scale"] = self._calibrate(pred.detach(), y, ho, value_se)
+            noise2 = value_noise2 if value_noise2 is not None else (value_se**2 if value_se is not None else None)
+            out["ensemble_std_scale"] = self._calibrate(pred.detach(), y, ho, noise2)
             if use_grad:
                 gerr2 = ((dpred - g) ** 2 * g_ok).sum(-1) / g_ok.sum(-1).clamp_min(1)  # (K, P)
                 out["ensemble_grad_train_mse"] = float((gerr2 * ~ho).sum() / (~ho).sum())
