@@ -134,3 +134,22 @@ def test_cli_metad_aldp_uses_tuned_defaults(tmp_path):
     assert st["bias_factor"] == 9 and st["deposit_every_steps"] == 250
     assert st["height_kT"] == pytest.approx(tuned["height_kT"]) and st["timestep_fs"] == 2.0
     assert default_settings("muller-brown") == GENERIC_DEFAULTS
+
+
+def test_cpu_core_pins_the_run_and_restores_affinity(tmp_path, aldp_view, monkeypatch):
+    import os
+
+    before = os.sched_getaffinity(0)
+    core = min(before)
+    seen = []
+    orig = MetadynamicsRun._run
+
+    def spy(self, cpu_core):
+        seen.append(os.sched_getaffinity(0))
+        return orig(self, cpu_core)
+
+    monkeypatch.setattr(MetadynamicsRun, "_run", spy)
+    st = MetadynamicsSettings(n_steps=200, deposit_every_steps=100, snapshot_every_steps=200)
+    info = MetadynamicsRun(aldp_view, tmp_path / "m", st, progress=False).run(cpu_core=core)
+    assert seen == [{core}] and info["cpu_core"] == core
+    assert os.sched_getaffinity(0) == before

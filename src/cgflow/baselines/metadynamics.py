@@ -264,7 +264,18 @@ class MetadynamicsRun:
         return RegularGridInterpolator(axes, f)(pts).reshape(centers[0].shape)
 
     def run(self, cpu_core: int | None = None) -> dict:
-        """Run it.  ``cpu_core``: pin this thread and OpenMM's worker thread (created after) to that core."""
+        """Run it.  ``cpu_core``: pin this thread and OpenMM's worker thread (created after) to that core
+        for the run (the calling thread's affinity is restored afterwards)."""
+        if cpu_core is None:
+            return self._run(None)
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {int(cpu_core)})
+        try:
+            return self._run(cpu_core)
+        finally:
+            os.sched_setaffinity(0, before)
+
+    def _run(self, cpu_core: int | None) -> dict:
         import openmm
         import openmm.app as app
         import openmm.unit as unit
@@ -274,8 +285,6 @@ class MetadynamicsRun:
 
         st, v = self.settings, self.view
         t_setup = time.perf_counter()
-        if cpu_core is not None:
-            os.sched_setaffinity(0, {int(cpu_core)})
         kT = v.kT_kJ_per_mol
         system = v.make_openmm_system(1)
         T = v.temperature_K * unit.kelvin
