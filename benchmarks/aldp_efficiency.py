@@ -193,8 +193,12 @@ def plot_calibration(al_dirs: list[Path], path: Path) -> None:
         rows = read_metrics_csv(d / "metrics.csv")
         pred = [float(r["boltzmann_std_kT"]) for r in rows if r.get("boltzmann_std_kT") not in (None, "")]
         act = [float(r["boltzmann_abs_err_kT"]) for r in rows if r.get("boltzmann_abs_err_kT") not in (None, "")]
+        held = [float(r["boltzmann_std_heldout_kT"]) for r in rows if r.get("boltzmann_std_heldout_kT") not in (None, "")]
         if pred and len(pred) == len(act):
-            ax.plot(pred, act, marker="o", ms=3, lw=0.8, label=d.name)
+            line, = ax.plot(pred, act, marker="o", ms=3, lw=0.8, label=f"{d.name}: ensemble std")
+            if len(held) == len(act):
+                ax.plot(held, act, marker="x", ms=3, lw=0.5, ls=":", color=line.get_color(),
+                        label=f"{d.name}: held-out-scaled std")
     lim = ax.get_xlim()[1], ax.get_ylim()[1]
     top = max(lim)
     ax.plot([1e-3, top], [1e-3, top], "k--", lw=0.8, label="predicted = actual")

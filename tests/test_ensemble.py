@@ -95,3 +95,20 @@ def test_patience_stops_a_converged_fit_early():
     full = ens.fit(s, f, epochs=30, batch_size=1000, lr=1e-5, rng=np.random.default_rng(1), progress=False,
                    warm_start=True)
     assert full["ensemble_epochs"] == 30
+
+
+def test_stable_membership_keeps_each_points_models():
+    from cgflow.ensemble import _hash_uniform
+
+    keys = np.arange(1000, dtype=np.uint64)
+    u0, u1 = _hash_uniform(keys, 0), _hash_uniform(keys, 1)
+    assert abs(u0.mean() - 0.5) < 0.03 and abs(np.corrcoef(u0, u1)[0, 1]) < 0.1  # uniform, independent per model
+    assert np.array_equal(_hash_uniform(keys[::7], 0), u0[::7])  # a point's number depends only on its key
+    s = (torch.rand(50, 2, dtype=torch.float64) * 2 - 1) * math.pi
+    f, _ = _torus_function(s)
+    ens = PMFEnsemble(CGFeatures((True, True)), 4, [8], "tanh")
+    a = ens.fit(s, f, epochs=1, batch_size=1000, lr=1e-3, rng=np.random.default_rng(0), progress=False,
+                member_keys=torch.arange(50))
+    b = ens.fit(s[:40], f[:40], epochs=1, batch_size=1000, lr=1e-3, rng=np.random.default_rng(5), progress=False,
+                member_keys=torch.arange(40), warm_start=True)
+    assert np.isfinite(a["ensemble_train_mse"]) and np.isfinite(b["ensemble_train_mse"])

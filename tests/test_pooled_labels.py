@@ -113,3 +113,16 @@ def test_segment_clipping_equals_row_clipping():
     expected = clip_top_k(rows, 3)
     expected[2] = rows[2]  # fewer than k finite values: left alone
     assert torch.equal(flat, expected)
+
+
+def test_a_few_clashes_do_not_decide_the_iteration_weights():
+    """Draws with absurd log weights (clashes: energies of 1e4 kT) in a few groups must not change c_t."""
+    rng = np.random.default_rng(5)
+    s = rng.uniform(-1, 1, 300)
+    p, it, lw, _ = gaussian_draws(s, 4, mismatch=[1.0, 0.3], widths=[0.7, 0.95], rng=rng)
+    clean = iteration_weights(p, it, lw)
+    dirty = lw.clone()
+    dirty[torch.nonzero(it == 1)[:5, 0]] = -1e4  # five clashes in the good iteration
+    c = iteration_weights(p, it, dirty)
+    assert float(c[it == 1][0]) > float(c[it == 0][0])  # the better iteration still weighs more
+    assert abs(math.log(float(c[it == 1][0]) / float(clean[it == 1][0]))) < 0.5

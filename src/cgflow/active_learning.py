@@ -55,6 +55,14 @@ class RunState:
     wall_time_s: float = 0.0
 
 
+def _noise_factor(noise2: torch.Tensor, se2: torch.Tensor) -> float:
+    """sqrt(sum noise^2 / sum se^2) over entries where both are finite, at least 1 (1 if none)."""
+    ok = torch.isfinite(noise2) & torch.isfinite(se2)
+    if not bool(ok.any()) or float(se2[ok].sum()) <= 0:
+        return 1.0
+    return max(1.0, math.sqrt(float(noise2[ok].sum() / se2[ok].sum())))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -284,18 +292,22 @@ class ActiveLearningRun:
         # empirical label noise: the same estimator on two halves of the draws (alternate draws);
         # (F_1 - F_2)^2 / 4 estimates the variance of the full label without trusting the SE formula
         half = torch.arange(cols["point"].numel()) % 2 == 0
-        f_half = [pooled_labels(len(ds), *(cols[k][m] for k in ("point", "iteration", "log_w", "grad_s")),
-                                rule=lc.pool_rule, power=lc.pool_power, top_k_clip=lc.top_k_clip).pmf_kT
+        halves = [pooled_labels(len(ds), *(cols[k][m] for k in ("point", "iteration", "log_w", "grad_s")),
+                                rule=lc.pool_rule, power=lc.pool_power, top_k_clip=lc.top_k_clip)
                   for m in (half, ~half)]
-        noise2 = (f_half[0] - f_half[1]) ** 2 / 4
+        noise2 = (halves[0].pmf_kT - halves[1].pmf_kT) ** 2 / 4
+        noise2_g = (halves[0].mean_force - halves[1].mean_force) ** 2 / 4
         ok = use & torch.isfinite(lab.pmf_kT)
         if lc.bias_correction:  # E[-ln Z^] ~ F + Var(Z^)/(2 Z^2): remove the Jensen bias to first order
             lab.pmf_kT = lab.pmf_kT - 0.5 * lab.pmf_se_kT**2
         out = {"index": torch.nonzero(ok).reshape(-1), "points": ds.points[ok], "pmf_kT": lab.pmf_kT[ok],
                "pmf_se_kT": lab.pmf_se_kT[ok], "pmf_noise2_kT2": noise2[ok],
                "ess": lab.ess[ok], "n_draws": lab.n_draws[ok]}
+        # how much the standard-error formulas understate the empirical noise (ratio of sums; >= 1)
+        out["se_factor"] = _noise_factor(noise2[ok], lab.pmf_se_kT[ok] ** 2)
         if lc.mean_forces:
             out["mean_force"], out["mean_force_se"] = lab.mean_force[ok], lab.mean_force_se[ok]
+            out["mean_force_se_factor"] = _noise_factor(noise2_g[ok], lab.mean_force_se[ok] ** 2)
         return out
 
     @torch.no_grad()
@@ -316,13 +328,14 @@ class ActiveLearningRun:
                 **pmf_errors(self.reference.prob, mean, std)}
 
     def uncertainty(self, mean: np.ndarray, std: np.ndarray) -> dict:
-        """The ensemble's own error bar, no reference needed: ``boltzmann_std_kT`` = k sum_b p(b) sigma(b)
-        with p from the ensemble mean and k the ensemble's held-out calibration factor (``std_scale``;
-        ``boltzmann_std_raw_kT`` without it).  With a reference also ``boltzmann_abs_err_kT`` = sum_b p(b)
+        """The ensemble's own error bar, no reference needed: ``boltzmann_std_kT`` = sum_b p(b) sigma(b)
+        with p from the ensemble mean; ``boltzmann_std_heldout_kT`` the same times the held-out factor k
+        of :meth:`PMFEnsemble._calibrate` (an upper bound: the label noise it must subtract is hard to
+        estimate, see docs/results.md).  With a reference also ``boltzmann_abs_err_kT`` = sum_b p(b)
         |F(b) - F_ref(b) - c| (c the p-weighted mean offset): the actual error it predicts."""
         p = probabilities_from_pmf(mean)
         k = float(self.ensemble.std_scale)
-        out = {"boltzmann_std_kT": k * float(np.sum(p * std)), "boltzmann_std_raw_kT": float(np.sum(p * std))}
+        out = {"boltzmann_std_kT": float(np.sum(p * std)), "boltzmann_std_heldout_kT": k * float(np.sum(p * std))}
         if self.reference is not None:
             ref = self.reference.prob
             ok = ref > 0
@@ -349,6 +362,15 @@ class ActiveLearningRun:
         need = need / need.sum() if float(need.sum()) > 0 else torch.full_like(need, 1.0 / len(ds))
         ds.old_priority = mix / len(ds) + (1 - mix) * need
 
+    def _perturbation(self, labels: dict):
+        """Label noise for the parametric bootstrap of the ensemble (None unless ensemble.perturb_labels):
+        each label's standard error times the empirical factor by which the formula understates it."""
+        if not self.cfg.ensemble.perturb_labels or "pmf_se_kT" not in labels:
+            return None
+        sd_v = labels["pmf_se_kT"] * labels["se_factor"]
+        sd_g = labels["mean_force_se"] * labels["mean_force_se_factor"] if "mean_force_se" in labels else None
+        return sd_v, sd_g
+
     def _fit_ensemble(self, labels: dict) -> dict:
         e, it = self.cfg.ensemble, self.state.iteration
         warm = e.warm_epochs is not None and bool(self.ensemble.fitted)
@@ -361,7 +383,8 @@ class ActiveLearningRun:
             grads=labels.get("mean_force"), gradient_weight=e.gradient_weight,
             value_se=labels["pmf_se_kT"] if se else None,
             grad_se=labels.get("mean_force_se") if se else None, se_floor=(e.se_floor_kT, e.se_floor_grad),
-            value_noise2=labels.get("pmf_noise2_kT2"))
+            value_noise2=labels.get("pmf_noise2_kT2"), perturb_sd=self._perturbation(labels),
+            member_keys=labels["index"] if e.stable_membership else None)
 
     def _mc_starts(self) -> torch.Tensor:
         sc = self.cfg.sampler
@@ -405,6 +428,7 @@ class ActiveLearningRun:
         label_row = {}
         if "ess" in labels:
             label_row = {"label_ess_median": float(labels["ess"].median()), "label_ess_min": float(labels["ess"].min()),
+                         "label_se_factor": labels["se_factor"],
                          "label_se_median_kT": float(labels["pmf_se_kT"].median()),
                          "n_draws_pooled": int(labels["n_draws"].sum())}
 

@@ -138,6 +138,12 @@ class EnsembleConfig(Strict):
     warm_epochs: PositiveInt | None = None
     # stop a fit once its training loss has not improved by 0.1 % for this many epochs (None: all epochs)
     patience: PositiveInt | None = None
+    # parametric bootstrap: each model fits the labels plus Gaussian noise of their (empirically
+    # rescaled) standard errors, so the ensemble spread carries the label noise (needs pooled labels)
+    perturb_labels: bool = False
+    # split "fraction": a point belongs to the same models in every fit (by a hash of its dataset index),
+    # so warm-started models stay diverse; False: a new random subset per model and fit
+    stable_membership: bool = False
 
 
 class SamplerConfig(Strict):

@@ -114,7 +114,9 @@ class PMFEnsemble(nn.Module):
             progress: bool = True, grads: torch.Tensor | None = None, gradient_weight: float = 0.0,
             value_se: torch.Tensor | None = None, grad_se: torch.Tensor | None = None,
             se_floor: tuple[float, float] = (0.05, 0.5), warm_start: bool = False,
-            patience: int | None = None, value_noise2: torch.Tensor | None = None) -> dict:
+            patience: int | None = None, value_noise2: torch.Tensor | None = None,
+            perturb_sd: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+            member_keys: torch.Tensor | None = None) -> dict:
         """Train every model on its own subset of (s, labels) [and mean forces: a Sobolev fit].
 
         Args:
@@ -133,6 +135,12 @@ class PMFEnsemble(nn.Module):
                 epochs (None: run all ``epochs``).
             value_noise2: (P,) estimates of each label's noise variance (kT^2) for the calibration of
                 the std (NaN: unknown); None: value_se^2, else 0.
+            member_keys: (P,) int64 stable identities of the points (e.g. dataset indices): with split
+                "fraction", model m then takes the points of smallest hash(key, m), so a point stays with
+                the same models from fit to fit (warm-started models keep their diversity).
+            perturb_sd: (value sd (P,), gradient sd (P, cg_dim) or None): each model fits its own copy
+                of the labels with Gaussian noise of these standard deviations added (a parametric
+                bootstrap: the ensemble spread then carries the label noise through the fit).
         Returns:
             dict with the mean train and held-out MSE of the values over models (kT^2), and of the
             gradients if fitted ((kT/unit)^2).
@@ -150,7 +158,12 @@ class PMFEnsemble(nn.Module):
         self.fitted.fill_(True)
         n_sub = max(1, int(round(train_fraction * P)))
         held_out = np.ones((K, P), dtype=bool)
-        if split == "fraction":
+        if split == "fraction" and member_keys is not None:
+            keys = member_keys.cpu().numpy().astype(np.uint64)
+            idx = np.stack([np.argsort(_hash_uniform(keys, m), kind="stable")[:n_sub] for m in range(K)])
+            for m in range(K):
+                held_out[m, idx[m]] = False
+        elif split == "fraction":
             idx = np.stack([rng.permutation(P)[:n_sub] for _ in range(K)])
             for m in range(K):
                 held_out[m, idx[m]] = False
@@ -179,6 +192,17 @@ class PMFEnsemble(nn.Module):
             if grad_se is not None:
                 wg = wg / (torch.nan_to_num(grad_se.to(device), nan=math.inf) ** 2 + se_floor[1] ** 2)
                 wg = wg / wg[g_ok].mean().clamp_min(1e-300)
+        if perturb_sd is not None:  # (K, P) and (K, P, d) label copies, one per model
+            gen_p = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+            sd_v = torch.nan_to_num(perturb_sd[0].to(device), nan=0.0)
+            y = y + sd_v * torch.randn(K, P, generator=gen_p, dtype=torch.float64).to(device)
+            if use_grad and perturb_sd[1] is not None:
+                sd_g = torch.nan_to_num(perturb_sd[1].to(device), nan=0.0)
+                g = g + sd_g * torch.randn(K, *g.shape, generator=gen_p, dtype=torch.float64).to(device)
+        else:
+            y = y.expand(K, P)
+            if use_grad:
+                g = g.expand(K, *g.shape)
         feats = None if use_grad else self.features(s)
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         b = min(batch_size, n_sub)
@@ -196,11 +220,11 @@ class PMFEnsemble(nn.Module):
                     sb = s[bi].requires_grad_(True)  # (K, b, d): each model differentiates its own copy
                     pred = self._forward_features(self.features(sb))
                     dpred, = torch.autograd.grad(pred.sum(), sb, create_graph=True)
-                    loss = (wv[bi] * (pred - y[bi]) ** 2).mean(1).sum() \
-                        + gradient_weight * (wg[bi] * (dpred - g[bi]) ** 2).sum(-1).mean(1).sum()
+                    loss = (wv[bi] * (pred - y.gather(1, bi)) ** 2).mean(1).sum() \
+                        + gradient_weight * (wg[bi] * (dpred - _rows(g, bi)) ** 2).sum(-1).mean(1).sum()
                 else:
                     pred = self._forward_features(feats[bi])
-                    loss = (wv[bi] * (pred - y[bi]) ** 2).mean(1).sum()
+                    loss = (wv[bi] * (pred - y.gather(1, bi)) ** 2).mean(1).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -220,13 +244,30 @@ class PMFEnsemble(nn.Module):
             pred = self._forward_features(self.features(sk))
             dpred = torch.autograd.grad(pred.sum(), sk)[0] if use_grad else None
         with torch.no_grad():
-            err2 = (pred.detach() - y) ** 2  # (K, P)
+            y0 = labels.to(device)
+            err2 = (pred.detach() - y0) ** 2  # (K, P), against the unperturbed labels
             out["ensemble_train_mse"] = float((err2 * ~ho).sum() / (~ho).sum())
             out["ensemble_heldout_mse"] = float((err2 * ho).sum() / ho.sum()) if bool(ho.any()) else math.nan
             noise2 = value_noise2 if value_noise2 is not None else (value_se**2 if value_se is not None else None)
-            out["ensemble_std_scale"] = self._calibrate(pred.detach(), y, ho, noise2)
+            out["ensemble_std_scale"] = self._calibrate(pred.detach(), y0, ho, noise2)
             if use_grad:
-                gerr2 = ((dpred - g) ** 2 * g_ok).sum(-1) / g_ok.sum(-1).clamp_min(1)  # (K, P)
+                g0 = torch.where(g_ok, grads.to(device), torch.zeros_like(grads.to(device)))
+                gerr2 = ((dpred - g0) ** 2 * g_ok).sum(-1) / g_ok.sum(-1).clamp_min(1)  # (K, P)
                 out["ensemble_grad_train_mse"] = float((gerr2 * ~ho).sum() / (~ho).sum())
                 out["ensemble_grad_heldout_mse"] = float((gerr2 * ho).sum() / ho.sum()) if bool(ho.any()) else math.nan
         return out
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t (K, P, d), idx (K, b) -> (K, b, d): each model's rows."""
+    return t.gather(1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+
+def _hash_uniform(keys: np.ndarray, model: int) -> np.ndarray:
+    """Deterministic uniform [0, 1) numbers per (key, model): splitmix64 of key and model."""
+    with np.errstate(over="ignore"):
+        z = keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(model + 1) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)

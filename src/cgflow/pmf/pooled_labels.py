@@ -7,7 +7,7 @@ Any combination ``Z^ = sum_i c_i w_i / sum_i c_i`` with weights c_i fixed indepe
 unbiased too.  Draws of a poor flow (early iterations) have heavy-tailed weights; we weight them
 by an inverse-variance rule per iteration t,
 
-    c_t = (exp(sigma_t^2) - 1)^-power,   sigma_t^2 = mean over points of the variance of log w at t,
+    c_t = (exp(sigma_t^2) - 1)^-power,   sigma_t^2 = median over points of the variance of log w at t,
 
 where exp(sigma^2) - 1 is the relative variance Var(w)/Z^2 of log-normal weights.  sigma_t^2 is pooled
 over all the points of an iteration (thousands of draws), so c_t barely depends on any one point's
@@ -85,10 +85,12 @@ def iteration_weights(point: torch.Tensor, iteration: torch.Tensor, log_w: torch
     g_iter = torch.remainder(g_keys, int(iters.numel()) + 1)
     multi = cnt >= 2
     T = iters.numel()
-    num = torch.zeros(T, dtype=torch.float64).index_add_(0, g_iter[multi], var[multi])
-    den = torch.zeros(T, dtype=torch.float64).index_add_(0, g_iter[multi], torch.ones_like(var[multi]))
-    overall = float(var[multi].mean()) if bool(multi.any()) else 1.0
-    sigma2 = torch.where(den > 0, num / den.clamp_min(1), torch.full_like(num, overall))
+    # the median over groups: a clash (log w of -1e4) makes its own group's variance enormous without
+    # mattering for Var(w); a mean would let a handful of such groups decide every weight
+    overall = float(var[multi].median()) if bool(multi.any()) else 1.0
+    sigma2 = torch.full((T,), overall, dtype=torch.float64)
+    for t in torch.unique(g_iter[multi]).tolist():
+        sigma2[t] = var[multi & (g_iter == t)].median()
     c_t = torch.expm1(sigma2.clamp(0.0, MAX_LOG_VARIANCE)).clamp_min(1e-3) ** -power
     return c_t[it_idx]
 
