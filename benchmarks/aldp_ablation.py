@@ -40,6 +40,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "+ priority revisits (exp(-F) se^2)": ("priority-revisits", ["by_energy.old_selection=boltzmann_se"]),
     "+ first-order bias correction of labels": ("bias-correction", ["labels.bias_correction=true"]),
     "no top-k weight clipping": ("no-clipping", ["labels.top_k_clip=0"]),
+    "inverse-variance pooling across iterations (power 2)": ("inverse-variance-pooling",
+                                                             ["labels.pool_rule=inverse_variance"]),
+    "+ label perturbation (parametric bootstrap)": ("perturb-labels", ["ensemble.perturb_labels=true"]),
 }
 BUDGETS = (7e4, 1e5, 1.5e5, 2e5)
 
@@ -74,6 +77,8 @@ def main() -> None:
                                                           for b in BUDGETS},
                      "final_kld": float(curve["forward_kld"][-1]), "final_evaluations": int(curve["evaluations"][-1]),
                      "wall_s": float(m[-1]["wall_time_s"]),
+                     "boltzmann_std_kT": float(m[-1].get("boltzmann_std_kT") or "nan"),
+                     "boltzmann_abs_err_kT": float(m[-1].get("boltzmann_abs_err_kT") or "nan"),
                      "flow_s_per_it": float(np.mean([float(r["t_flow_s"]) for r in m])),
                      "ensemble_s_per_it": float(np.mean([float(r["t_ensemble_s"]) for r in m])), "iterations": n})
     keys = list(rows[0])
@@ -82,12 +87,13 @@ def main() -> None:
         w.writeheader()
         w.writerows(rows)
     head = ("| variant | " + " | ".join(f"KLD @ {b:.1e}" for b in BUDGETS)
-            + " | final KLD (evaluations) | wall | flow s/it | ensemble s/it |")
+            + " | final KLD (evaluations) | ensemble std / actual error (kT) | wall | flow s/it | ensemble s/it |")
     lines = [f"{describe_machine()}; seed {args.seed}, {args.iterations} iterations each", "", head,
-             "| --- |" + " --- |" * (len(BUDGETS) + 4)]
+             "| --- |" + " --- |" * (len(BUDGETS) + 5)]
     for r in rows:
         lines.append(f"| {r['variant']} | " + " | ".join(f"{r[f'kld@{b:.0e}']:.2g}" for b in BUDGETS)
-                     + f" | {r['final_kld']:.2g} ({r['final_evaluations']:.2e}) | {r['wall_s'] / 60:.1f} min"
+                     + f" | {r['final_kld']:.2g} ({r['final_evaluations']:.2e})"
+                     f" | {r['boltzmann_std_kT']:.3f} / {r['boltzmann_abs_err_kT']:.3f} | {r['wall_s'] / 60:.1f} min"
                      f" | {r['flow_s_per_it']:.1f} | {r['ensemble_s_per_it']:.1f} |")
     md = "\n".join(lines) + "\n"
     (args.out / "ablation.md").write_text(md)
