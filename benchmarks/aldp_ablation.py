@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,9 +65,14 @@ def main() -> None:
         if args.only is not None and short not in args.only:
             continue
         d = args.out / short
-        if not (d / "metrics.csv").is_file():
+        finished = (d / "metrics.csv").is_file() and len(read_metrics_csv(d / "metrics.csv")) >= args.iterations
+        if not finished:
+            if d.exists():
+                shutil.rmtree(d)  # a run cut short: start it over
+            # equal iteration budgets: the preset's own stopping rule (its error bar) is switched off
             cmd = [sys.executable, "-m", "cgflow.cli", "run", args.preset, "--out", str(d), "--seed", str(args.seed),
-                   "--no-plots", "--set", "progress=false", "--set", f"stopping.max_iterations={args.iterations}"]
+                   "--no-plots", "--set", "progress=false", "--set", f"stopping.max_iterations={args.iterations}",
+                   "--set", "stopping.std_target_kT=null"]
             cmd += [x for o in overrides for x in ("--set", o)]
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
