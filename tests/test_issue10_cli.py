@@ -15,7 +15,7 @@ from cgflow.cli import preset_description
 from cgflow.cli_baselines import _system_key
 from cgflow.config import preset_names, preset_text
 from cgflow.run_directory import atomic_write_text
-from cgflow.threads import DEFAULT_THREADS, choose_threads
+from cgflow.threads import DEFAULT_THREADS, THREAD_ENV_VARS, choose_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "by_example.epochs=2", "--set", "by_energy.epochs_first=1", "--set", "ensemble.epochs=10",
@@ -23,7 +23,7 @@ TINY = ["--set", "by_example.epochs=2", "--set", "by_energy.epochs_first=1", "--
 
 
 def cgflow(*args, cwd, env=None):
-    e = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    e = {k: v for k, v in os.environ.items() if k not in THREAD_ENV_VARS}  # scripts/test.sh sets them
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "cgflow.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=600, env=e)
