@@ -159,6 +159,15 @@ def pooled_labels(n_points: int, point: torch.Tensor, iteration: torch.Tensor, l
     m = torch.zeros(n_points, d, dtype=torch.float64).index_add_(0, point, omega[:, None] * grad_s)
     dev2 = (grad_s - m[point]) ** 2
     var_m = torch.zeros(n_points, d, dtype=torch.float64).index_add_(0, point, omega[:, None] ** 2 * dev2)
+    # when one weight dominates, sum omega^2 (g - m)^2 -> 0 although the estimate rests on one sample:
+    # floor it by the plain spread of the point's gradient samples over its ESS (inf with < 2 samples)
+    fin = torch.isfinite(log_w)
+    n_f = torch.zeros(n_points, dtype=torch.float64).index_add_(0, point[fin], torch.ones_like(log_w[fin]))
+    s1 = torch.zeros(n_points, d, dtype=torch.float64).index_add_(0, point[fin], grad_s[fin])
+    s2 = torch.zeros(n_points, d, dtype=torch.float64).index_add_(0, point[fin], grad_s[fin] ** 2)
+    spread = ((s2 - s1**2 / n_f.clamp_min(1)[:, None]) / (n_f - 1).clamp_min(1)[:, None]).clamp_min(0.0)
+    spread = torch.where((n_f >= 2)[:, None], spread, torch.full_like(spread, math.inf))
+    var_m = torch.maximum(var_m, spread / ess.clamp_min(1e-300)[:, None])
     n_draws = torch.bincount(point, minlength=n_points)
     known = torch.isfinite(f)
     nan = torch.full_like(f, math.nan)
