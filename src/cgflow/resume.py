@@ -64,7 +64,7 @@ def check_extension(run_dir: Path, saved: RunConfig, new: RunConfig) -> list[str
     return diff
 
 
-NOT_STOPPING_RULE = ("MC found no point", "grid conditioning")
+NOT_STOPPING_RULE = ("MC found no point", "grid conditioning", "the acquisition score is zero")
 
 
 def _stopped_by_stopping_rule(reason: str) -> bool:
