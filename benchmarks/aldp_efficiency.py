@@ -266,7 +266,7 @@ def main() -> None:
                     w.writerow([name, d.name, int(e), f"{t:.2f}", f"{k:.6g}"])
     md = table(methods)
     (args.out / "table.md").write_text(f"{machine}. {args.note}\n\n{md}")
-    plot(methods, args.out / "efficiency.png", f"alanine dipeptide vs umbrella+MBAR reference; {machine}. {args.note}")
+    plot(methods, args.out / "efficiency.png", f"alanine dipeptide vs the umbrella+MBAR reference; {machine}\n{args.note}")
     plot_calibration(al_dirs, args.out / "calibration.png")
     print(md)
     print(f"wrote {args.out}/efficiency.png, calibration.png, table.md, curves.csv")

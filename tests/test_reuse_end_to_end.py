@@ -85,3 +85,6 @@ def test_resume_with_pooled_labels_and_warm_sobolev_fits_is_exact(tmp_path):
     assert len(resumed.dataset.draws) == len(ActiveLearningRun(cfg, tmp_path / "full", resume=True).dataset.draws)
     a, b = np.load(tmp_path / "full" / rd.PMF), np.load(tmp_path / "cut" / rd.PMF)
     assert np.array_equal(a["pmf_kT"], b["pmf_kT"])
+    # the run's own error bar is recorded every iteration, the held-out-scaled one never below the raw one
+    assert all(r["boltzmann_std_heldout_kT"] >= r["boltzmann_std_kT"] > 0 for r in full.rows)
+    assert all(r["boltzmann_abs_err_kT"] > 0 for r in full.rows)

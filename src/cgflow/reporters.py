@@ -20,8 +20,25 @@ def _fmt_row(row: dict) -> str:
         std = row.get("ensemble_std_at_max_error_kT")
         parts.append(f"max err {row['pmf_max_abs_error_kT']:.2f} kT" +
                      (f" (std there {std:.2f})" if std is not None else ""))
+    if "boltzmann_std_kT" in row and "boltzmann_std_heldout_kT" in row:
+        parts.append(f"error bar {row['boltzmann_std_kT']:.3f}-{row['boltzmann_std_heldout_kT']:.3f} kT")
     parts.append(f"{row['wall_time_s']:.1f} s")
     return " | ".join(parts)
+
+
+def error_bar_lines(row: dict) -> list[str]:
+    """The run's own error bar (no reference needed): the Boltzmann-weighted ensemble std and the same
+    scaled by the held-out calibration factor.  On alanine dipeptide the actual Boltzmann-weighted error
+    lay between the two in every iteration of three seeds (docs/results.md)."""
+    if "boltzmann_std_kT" not in row:
+        return []
+    line = f"error bar (no reference used): Boltzmann-weighted ensemble std {row['boltzmann_std_kT']:.3f} kT"
+    if "boltzmann_std_heldout_kT" in row:
+        line += (f" (tends low) to {row['boltzmann_std_heldout_kT']:.3f} kT (held-out-scaled, tends high); "
+                 f"see docs/results.md")
+    if "boltzmann_abs_err_kT" in row:
+        line += f"; actual Boltzmann-weighted error {row['boltzmann_abs_err_kT']:.3f} kT"
+    return [line]
 
 
 def accuracy_lines(row: dict) -> list[str]:
@@ -81,6 +98,7 @@ class ConsoleReporter:
         last = st.rows[-1] if st.rows else {}
         lines = [f"finished: {st.stop_reason}"]
         lines += accuracy_lines(last)
+        lines += error_bar_lines(last)
         lines.append(f"energy evaluations: {c.total:,} in all = {c.training:,} training (drawn {c.drawn:,}, "
                      f"rejected by filter {c.rejected:,}, non-finite {c.nonfinite:,}) + {c.diagnostics:,} "
                      f"diagnostics + {c.starting_data:,} starting data")
