@@ -10,6 +10,7 @@ from cgflow import run_directory as rd
 from cgflow.active_learning import ActiveLearningRun
 from cgflow.config import load_config
 from cgflow.systems.muller_brown import exact_pmf
+from test_end_to_end import Interrupt, KillAfter
 
 REUSE = ["progress=false", "by_example.epochs=20", "by_energy.epochs_first=6", "by_energy.epochs_later=3",
          "ensemble.epochs=300", "labels.estimator=pooled", "labels.mean_forces=true",
@@ -51,22 +52,6 @@ def test_mean_force_labels_match_the_exact_gradient_and_the_sobolev_fit_is_bette
         err = run.pmf_on_grid()[0][inside] - exact_f
         rmse[weight] = float(np.sqrt(np.mean((err - err.mean()) ** 2)))
     assert rmse[1.0] < 0.7 * rmse[0.0], rmse
-
-
-class Interrupt(Exception):
-    pass
-
-
-class KillAfter:
-    def __init__(self, n):
-        self.n = n
-
-    def on_iteration(self, run, row):
-        if row["iteration"] == self.n:
-            raise Interrupt
-
-    def on_finish(self, run):
-        pass
 
 
 def test_resume_with_pooled_labels_and_warm_sobolev_fits_is_exact(tmp_path):
