@@ -43,11 +43,31 @@ from multiprocessing.connection import wait as mp_wait
 
 import numpy as np
 
-__all__ = ["OpenMMEnergyPool", "WorkerError", "reduced_energy_torch", "allowed_cores"]
+__all__ = ["BatchEnergyPool", "OpenMMEnergyPool", "WorkerError", "reduced_energy_torch", "allowed_cores", "chunk_bounds",
+           "kT_kJ_per_mol"]
 
 
 class WorkerError(RuntimeError):
     """A worker process failed in a way that is not a property of one configuration."""
+
+
+def chunk_bounds(b: int, n_workers: int, max_chunk: int) -> list[tuple[int, int]]:
+    """Cut a batch of ``b`` configurations into contiguous chunks ``[(start, end), ...]``: at least one
+    per worker (if ``b`` allows), at most ``max_chunk`` configurations each, sizes differing by <= 1."""
+    if b == 0:
+        return []
+    n = max(n_workers, math.ceil(b / max_chunk))
+    n = min(n, b)
+    bounds = np.linspace(0, b, n + 1).round().astype(int)
+    return [(int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
+
+
+def kT_kJ_per_mol(temperature_K: float) -> float:
+    """k_B T in kJ/mol at ``temperature_K``."""
+    import openmm.unit as unit
+
+    r_kj = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+    return r_kj * float(temperature_K)
 
 
 def allowed_cores() -> list[int]:
@@ -165,7 +185,50 @@ def _close_all_pools() -> None:
             pass
 
 
-class OpenMMEnergyPool:
+class BatchEnergyPool:
+    """What every pool of OpenMM workers shares: given ``energies_and_forces(x (B, N, 3) nm) -> (E/kT (B,),
+    F/kT (B, N, 3))``, ``kT`` and ``close()``, the differentiable torch interface and the context manager.
+    Subclasses: :class:`OpenMMEnergyPool` (local processes), :class:`cgflow.distributed.dask_energy.DaskEnergyPool`."""
+
+    kT: float
+
+    def energies_and_forces(self, x) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- torch interface ------------------------------------------------------------------------
+    def reduced_energy(self, x):
+        """Differentiable reduced energy ``E/kT`` (B,) of a torch tensor x (B, N, 3) nm; the gradient
+        is ``-F/kT``.  Same dtype/device as x.  See :func:`reduced_energy_torch`."""
+        return reduced_energy_torch(self, x)
+
+    reduced_energy_torch = reduced_energy
+
+    def energy_and_forces(self, x):
+        """TorchEnergy-like: (E (B,) kJ/mol, F (B, N, 3) kJ/mol/nm) as torch tensors like x."""
+        import torch
+
+        u, f = self.energies_and_forces(x.detach().cpu().numpy())
+        return (torch.as_tensor(u * self.kT, dtype=x.dtype, device=x.device),
+                torch.as_tensor(f * self.kT, dtype=x.dtype, device=x.device))
+
+    # --- life cycle ---------------------------------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class OpenMMEnergyPool(BatchEnergyPool):
     """A pool of OpenMM worker processes evaluating energies and forces of batches.
 
     Args:
@@ -192,12 +255,10 @@ class OpenMMEnergyPool:
                  pin: bool = True, start_method: str = "spawn", max_chunk: int = 256,
                  max_abs_coordinate: float = 1e5, startup_timeout_s: float = 120.0, reimport_main: bool = False):
         import openmm
-        import openmm.unit as unit
 
-        r_kj = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
         self.n_particles = int(system.getNumParticles())
         self.temperature_K = float(temperature_K)
-        self.kT = r_kj * self.temperature_K
+        self.kT = kT_kJ_per_mol(self.temperature_K)
         cores = allowed_cores()
         self.n_workers = int(n_workers) if n_workers is not None else max(1, len(cores) or (os.cpu_count() or 1))
         if self.n_workers < 1:
@@ -282,12 +343,7 @@ class OpenMMEnergyPool:
 
     # --- evaluation ---------------------------------------------------------------------------
     def _chunks(self, b: int) -> list[tuple[int, int]]:
-        if b == 0:
-            return []
-        n = max(self.n_workers, math.ceil(b / self.max_chunk))
-        n = min(n, b)
-        bounds = np.linspace(0, b, n + 1).round().astype(int)
-        return [(int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
+        return chunk_bounds(b, self.n_workers, self.max_chunk)
 
     def energies_and_forces(self, x) -> tuple[np.ndarray, np.ndarray]:
         """Reduced energies ``E/kT`` (B,) and reduced forces ``F/kT`` (B, N, 3) in 1/nm.
@@ -367,22 +423,6 @@ class OpenMMEnergyPool:
             raise WorkerError(failure)
         return energies, forces
 
-    # --- torch interface ------------------------------------------------------------------------
-    def reduced_energy(self, x):
-        """Differentiable reduced energy ``E/kT`` (B,) of a torch tensor x (B, N, 3) nm; the gradient
-        is ``-F/kT``.  Same dtype/device as x.  See :func:`reduced_energy_torch`."""
-        return reduced_energy_torch(self, x)
-
-    reduced_energy_torch = reduced_energy
-
-    def energy_and_forces(self, x):
-        """TorchEnergy-like: (E (B,) kJ/mol, F (B, N, 3) kJ/mol/nm) as torch tensors like x."""
-        import torch
-
-        u, f = self.energies_and_forces(x.detach().cpu().numpy())
-        return (torch.as_tensor(u * self.kT, dtype=x.dtype, device=x.device),
-                torch.as_tensor(f * self.kT, dtype=x.dtype, device=x.device))
-
     # --- life cycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the workers (idempotent)."""
@@ -405,18 +445,6 @@ class OpenMMEnergyPool:
                 pass
         self._workers = []
         _LIVE_POOLS.discard(self)
-
-    def __enter__(self) -> "OpenMMEnergyPool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
     def __repr__(self) -> str:
         return (f"OpenMMEnergyPool(n_particles={self.n_particles}, n_workers={self.n_workers}, "
