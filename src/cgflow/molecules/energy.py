@@ -20,7 +20,7 @@ import torch
 
 __all__ = ["EnergyBackend", "ENERGY_BACKENDS", "make_energy_backend", "close_energy_backend"]
 
-ENERGY_BACKENDS = ("torch", "openmm")
+ENERGY_BACKENDS = ("torch", "openmm", "dask")
 
 
 @runtime_checkable
@@ -36,12 +36,15 @@ class EnergyBackend(Protocol):
 
 def make_energy_backend(name: str, system, temperature_K: float, *, dtype: torch.dtype = torch.float64,
                         device: str | torch.device = "cpu", n_workers: int | None = None, **kw) -> EnergyBackend:
-    """The energy backend ``name`` ("torch" or "openmm") for an ``openmm.System``.
+    """The energy backend ``name`` ("torch", "openmm" or "dask") for an ``openmm.System``.
 
     "torch": ``TorchEnergy(system, temperature_K, dtype, device)`` (raises
     :class:`~cgflow.molecules.torch_energy.UnsupportedForceError` for forces it does not implement).
     "openmm": ``OpenMMEnergyPool(system, temperature_K, n_workers, **kw)``; its energies come back
     with the dtype and device of the positions passed in (``dtype``/``device`` are not used).
+    "dask": ``DaskEnergyPool(system, temperature_K, n_workers=n_workers, **kw)`` (OpenMM contexts on the
+    workers of a dask.distributed cluster; ``scheduler="local"`` or an address, see
+    :mod:`cgflow.distributed.dask_energy`), otherwise like "openmm".
     """
     if name == "torch":
         from cgflow.molecules.torch_energy import TorchEnergy
@@ -53,11 +56,15 @@ def make_energy_backend(name: str, system, temperature_K: float, *, dtype: torch
         from cgflow.molecules.openmm_pool import OpenMMEnergyPool
 
         return OpenMMEnergyPool(system, temperature_K, n_workers=n_workers, **kw)
+    if name == "dask":
+        from cgflow.distributed.dask_energy import DaskEnergyPool
+
+        return DaskEnergyPool(system, temperature_K, n_workers=n_workers, **kw)
     raise ValueError(f"unknown energy backend {name!r}; choose one of {ENERGY_BACKENDS}")
 
 
 def close_energy_backend(backend) -> None:
-    """Release the resources of a backend (worker processes of the "openmm" one)."""
+    """Release the resources of a backend (worker processes of "openmm", Contexts and cluster of "dask")."""
     close = getattr(backend, "close", None)
     if callable(close):
         close()
