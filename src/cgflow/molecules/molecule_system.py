@@ -96,6 +96,7 @@ class MoleculeSystem:
             coordinates and returned log densities are always float64.
         device: where the IC transform and the torch energy run; outputs follow the input's device.
         n_workers: worker processes of the "openmm" backend (default: all usable cores).
+        energy_options: further keyword arguments of the energy backend (e.g. ``scheduler`` of "dask").
         md_ps, md_frame_every_steps, md_timestep_fs, md_friction_per_ps: starting-data MD settings.
         reference_path: optional .npz with ``edges`` (n_bins+1,) and ``prob`` (n_bins,)*cg_dim.
         minimize: minimize the reference structure (True) or use it as is.
@@ -109,7 +110,7 @@ class MoleculeSystem:
                  n_workers: int | None = None, md_ps: float = 50.0, md_frame_every_steps: int = 10,
                  md_timestep_fs: float = 1.0, md_friction_per_ps: float = 1.0,
                  reference_path: str | Path | None = None, minimize: bool = True, progress: bool = True,
-                 use_cache: bool = True):
+                 use_cache: bool = True, energy_options: dict | None = None):
         top = _as_mdtraj_topology(topology)
         n = top.n_atoms
         if system.getNumParticles() != n:
@@ -177,7 +178,7 @@ class MoleculeSystem:
         self.energy_backend_name = energy_backend
         try:
             self.energy = make_energy_backend(energy_backend, system, self.temperature_K, dtype=dtype,
-                                              device=self.device, n_workers=n_workers)
+                                              device=self.device, n_workers=n_workers, **(energy_options or {}))
         except ValueError as exc:
             from cgflow.molecules.torch_energy import UnsupportedForceError
 
