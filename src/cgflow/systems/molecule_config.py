@@ -14,9 +14,30 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["MoleculeConfig", "build_molecule_system"]
+
+
+class ExecutionConfig(BaseModel):
+    """Where the "dask" energy backend evaluates energies (:mod:`cgflow.distributed.dask_energy`).
+
+    scheduler: "local" (a LocalCluster on this machine, ``n_workers`` single-thread processes, default one
+    per core) or the address of a running dask scheduler ("tcp://host:8786"; then ``n_workers``: wait for
+    that many workers); max_chunk: configurations per task."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    scheduler: str = "local"
+    n_workers: Annotated[int, Field(gt=0)] | None = None
+    max_chunk: Annotated[int, Field(gt=0)] = 256
+
+    @field_validator("scheduler")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        from cgflow.distributed.cluster import check_scheduler_address
+
+        return check_scheduler_address(v)
 
 
 class MoleculeConfig(BaseModel):
@@ -29,7 +50,9 @@ class MoleculeConfig(BaseModel):
     forcefield: list[str] | None = None
     cg: Annotated[list[str], Field(min_length=1)] = ["phi", "psi"]
     temperature_K: Annotated[float, Field(gt=0)] = 300.0
-    energy_backend: Literal["torch", "openmm"] = "torch"
+    energy_backend: Literal["torch", "openmm", "dask"] = "torch"
+    # the dask backend's cluster; giving it without energy_backend selects energy_backend dask
+    execution: ExecutionConfig | None = None
     dtype: Literal["float64", "float32"] = "float64"
     n_workers: Annotated[int, Field(gt=0)] | None = None
     md_ps: Annotated[float, Field(gt=0)] = 50.0
@@ -37,6 +60,19 @@ class MoleculeConfig(BaseModel):
     # reference PMF file (.npz, see cgflow.reference_file); None: the shipped one where it applies
     # (preset alanine-dipeptide with cg [phi, psi] at 300 K: umbrella + MBAR, noise floor ~7e-4)
     reference: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _execution_selects_dask(cls, data):
+        if isinstance(data, dict) and data.get("execution") is not None and "energy_backend" not in data:
+            data = {**data, "energy_backend": "dask"}
+        return data
+
+    @model_validator(mode="after")
+    def _execution_needs_dask(self):
+        if self.execution is not None and self.energy_backend != "dask":
+            raise ValueError(f"execution applies to energy_backend dask, not {self.energy_backend!r}")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -80,6 +116,10 @@ def build_molecule_system(cfg: MoleculeConfig, device="cpu"):
     kw = dict(temperature_K=cfg.temperature_K, energy_backend=cfg.energy_backend, dtype=cfg.dtype,
               device=device, n_workers=cfg.n_workers, md_ps=cfg.md_ps,
               md_frame_every_steps=cfg.md_frame_every_steps, reference_path=reference)
+    if cfg.energy_backend == "dask":
+        ex = cfg.execution or ExecutionConfig()
+        kw.update(n_workers=ex.n_workers if ex.n_workers is not None else cfg.n_workers,
+                  energy_options={"scheduler": ex.scheduler, "max_chunk": ex.max_chunk})
     cg = list(cfg.cg)
     if cfg.preset == "alanine-dipeptide":
         return ms.alanine_dipeptide(cg=cg, **kw)
