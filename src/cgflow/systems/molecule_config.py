@@ -24,13 +24,15 @@ class ExecutionConfig(BaseModel):
 
     scheduler: "local" (a LocalCluster on this machine, ``n_workers`` single-thread processes, default one
     per core) or the address of a running dask scheduler ("tcp://host:8786"; then ``n_workers``: wait for
-    that many workers); max_chunk: configurations per task."""
+    that many workers); max_chunk: configurations per task; timeout_s: how long to wait for the scheduler
+    (and the workers)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     scheduler: str = "local"
     n_workers: Annotated[int, Field(gt=0)] | None = None
     max_chunk: Annotated[int, Field(gt=0)] = 256
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
 
     @field_validator("scheduler")
     @classmethod
@@ -119,7 +121,7 @@ def build_molecule_system(cfg: MoleculeConfig, device="cpu"):
     if cfg.energy_backend == "dask":
         ex = cfg.execution or ExecutionConfig()
         kw.update(n_workers=ex.n_workers if ex.n_workers is not None else cfg.n_workers,
-                  energy_options={"scheduler": ex.scheduler, "max_chunk": ex.max_chunk})
+                  energy_options={"scheduler": ex.scheduler, "max_chunk": ex.max_chunk, "timeout_s": ex.timeout_s})
     cg = list(cfg.cg)
     if cfg.preset == "alanine-dipeptide":
         return ms.alanine_dipeptide(cg=cg, **kw)
