@@ -14,4 +14,4 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
         .venv/bin/pip install --quiet torch==2.13.0  # CPU build
     fi
 fi
-.venv/bin/pip install --quiet -e ".[test]"
+.venv/bin/pip install --quiet -e ".[test,peptides]"   # peptides: AmberTools' tleap (~90 MB), for sequences

@@ -29,15 +29,6 @@ MD_PS = 0.5
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("cgflow-cache")
-    mp.setenv("CGFLOW_CACHE_DIR", str(path))
-    yield path
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def ala(cache):
     return alanine_dipeptide(md_ps=MD_PS, progress=False)
 

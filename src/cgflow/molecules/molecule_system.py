@@ -18,7 +18,8 @@ reduced energy from the energy backend ("torch": TorchEnergy; "openmm": OpenMM w
 differentiable.  ``valid`` checks the chirality of the reconstructed structure (no energy).
 ``starting_data`` is a cached short Langevin MD run (:mod:`cgflow.molecules.starting_data`).
 
-Factories: :func:`alanine_dipeptide`, :func:`from_amber`, :func:`from_pdb_and_forcefield`.
+Factories: :func:`alanine_dipeptide`, :func:`from_amber`, :func:`from_pdb_and_forcefield`,
+:func:`from_sequence` (a peptide built by tleap, :mod:`cgflow.molecules.peptide_builder`).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from cgflow.molecules.starting_data import md_starting_data, minimize_positions
 from cgflow.reference_file import load_reference
 from cgflow.system import ReferencePMF, StartingData
 
-__all__ = ["MoleculeSystem", "alanine_dipeptide", "from_amber", "from_pdb_and_forcefield", "parse_cg_spec",
-           "package_data_file"]
+__all__ = ["MoleculeSystem", "alanine_dipeptide", "from_amber", "from_pdb_and_forcefield", "from_sequence",
+           "parse_cg_spec", "package_data_file"]
 
 Tensor = torch.Tensor
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -383,6 +384,24 @@ def from_pdb_and_forcefield(pdb_path, forcefield_xmls: Sequence[str], cg: Sequen
     pos = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
     kw.setdefault("name", Path(pdb_path).stem)
     return MoleculeSystem(pdb.topology, system, pos, cg, **kw)
+
+
+def from_sequence(sequence: str, cg: Sequence[Any] = ("phi", "psi"), *, forcefield: str = "ff14SB",
+                  implicit_solvent: str = "OBC1", **kw) -> MoleculeSystem:
+    """A peptide from its Amber residue names, e.g. ``"ACE ALA ALA ALA NME"``, built with AmberTools' tleap
+    (:func:`cgflow.molecules.peptide_builder.build_peptide`, needs ``pip install 'cgflow[peptides]'``; the
+    files are cached) and loaded by :func:`from_amber` (no cutoff, no constraints).
+
+    ``forcefield``: "ff14SB", "ff19SB", "ff99SBildn", "ff99SB" or "ff96"; ``implicit_solvent``: "OBC1"
+    (Amber igb=2), "OBC2" (igb=5) or "none" (vacuum), with mbondi2 radii.  CG names by residue use the
+    mdtraj residue index, ACE = 0: ``"phi:1"`` is the phi of the first residue after ACE.
+    """
+    from cgflow.molecules.peptide_builder import build_peptide, parse_sequence
+
+    prmtop, inpcrd = build_peptide(sequence, forcefield, implicit_solvent)
+    kw.setdefault("name", "-".join(parse_sequence(sequence)))
+    return from_amber(prmtop, inpcrd, cg, implicit_solvent=None if implicit_solvent == "none" else implicit_solvent,
+                      **kw)
 
 
 def alanine_dipeptide(**kw) -> MoleculeSystem:

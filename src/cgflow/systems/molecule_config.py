@@ -4,10 +4,18 @@ Exactly one source of the molecule:
 
 * ``preset: alanine-dipeptide`` (package data; Amber ff96 + OBC1);
 * ``prmtop`` + ``pdb`` (coordinates: .pdb or .inpcrd/.rst7; OBC1 implicit solvent, no cutoff);
-* ``pdb`` + ``forcefield`` (OpenMM force-field XMLs, e.g. ``[amber14-all.xml, implicit/obc1.xml]``).
+* ``pdb`` + ``forcefield`` (OpenMM force-field XMLs, e.g. ``[amber14-all.xml, implicit/obc1.xml]``);
+* ``sequence`` (Amber residue names, e.g. "ACE ALA ALA ALA NME", built by AmberTools' tleap, extra
+  ``cgflow[peptides]``) with optional ``forcefield`` as a name ("ff14SB" default, "ff19SB", "ff99SBildn",
+  "ff99SB", "ff96").
+
+``implicit_solvent`` ("OBC1" default, "OBC2" or "none") applies to ``sequence`` and ``prmtop`` (OpenMM's
+OBC1 = Amber igb=2, OBC2 = igb=5); the preset is OBC1 and ``pdb`` + ``forcefield`` takes it from the XMLs.
 
 ``cg`` entries: a dihedral name ("phi", "psi", "omega", "chi1" ...), "name:residue" (e.g.
-"psi:ALA2" or "phi:1" with a residue index) or "i,j,k,l" (atom indices).
+"psi:ALA2" with the residue's name and number as in the file, or "phi:1" with the mdtraj residue index,
+counted from 0: in ACE-ALA-ALA-ALA-NME, ACE is 0 and "phi:1".."psi:3" are the alanines) or "i,j,k,l" (atom
+indices).
 """
 
 from __future__ import annotations
@@ -49,7 +57,10 @@ class MoleculeConfig(BaseModel):
     preset: Literal["alanine-dipeptide"] | None = None
     prmtop: str | None = None
     pdb: str | None = None
-    forcefield: list[str] | None = None
+    # pdb route: a list of OpenMM XMLs; sequence route: a force-field name (default "ff14SB")
+    forcefield: list[str] | str | None = None
+    sequence: str | None = None
+    implicit_solvent: Literal["OBC1", "OBC2", "none"] | None = None  # sequence / prmtop; None: OBC1
     cg: Annotated[list[str], Field(min_length=1)] = ["phi", "psi"]
     temperature_K: Annotated[float, Field(gt=0)] = 300.0
     energy_backend: Literal["torch", "openmm", "dask"] = "torch"
@@ -78,10 +89,30 @@ class MoleculeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self):
+        if isinstance(self.forcefield, str) and self.sequence is None:
+            raise ValueError("forcefield as a name (e.g. 'ff14SB') needs sequence; with pdb give a list of "
+                             "OpenMM XML files")
+        if self.implicit_solvent is not None and self.sequence is None and self.prmtop is None:
+            raise ValueError("implicit_solvent applies to sequence or prmtop only (preset: OBC1; pdb + forcefield: "
+                             "from the XMLs)")
         if self.preset is not None:
-            given = [k for k in ("prmtop", "pdb", "forcefield") if getattr(self, k) is not None]
+            given = [k for k in ("prmtop", "pdb", "forcefield", "sequence") if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"preset {self.preset!r} cannot be combined with {', '.join(given)}")
+        elif self.sequence is not None:
+            given = [k for k in ("prmtop", "pdb") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"sequence cannot be combined with {', '.join(given)}")
+            if isinstance(self.forcefield, list):
+                raise ValueError("with sequence, forcefield is a name (e.g. 'ff14SB'), not a list of XML files")
+            from cgflow.molecules.peptide_builder import FORCEFIELDS, PeptideBuildError, parse_sequence
+
+            if self.forcefield is not None and self.forcefield not in FORCEFIELDS:
+                raise ValueError(f"unknown peptide forcefield {self.forcefield!r}; known: {', '.join(FORCEFIELDS)}")
+            try:
+                parse_sequence(self.sequence)
+            except PeptideBuildError as exc:
+                raise ValueError(str(exc)) from None
         elif self.prmtop is not None:
             if self.pdb is None:
                 raise ValueError("prmtop needs pdb (the coordinates: .pdb or .inpcrd)")
@@ -93,7 +124,7 @@ class MoleculeConfig(BaseModel):
             if not self.forcefield:
                 raise ValueError("forcefield is empty")
         else:
-            raise ValueError("give preset, prmtop + pdb, or pdb + forcefield")
+            raise ValueError("give preset, prmtop + pdb, pdb + forcefield, or sequence")
         return self
 
 
@@ -125,6 +156,10 @@ def build_molecule_system(cfg: MoleculeConfig, device="cpu"):
     cg = list(cfg.cg)
     if cfg.preset == "alanine-dipeptide":
         return ms.alanine_dipeptide(cg=cg, **kw)
+    if cfg.sequence is not None:
+        return ms.from_sequence(cfg.sequence, cg, forcefield=cfg.forcefield or "ff14SB",
+                                implicit_solvent=cfg.implicit_solvent or "OBC1", **kw)
     if cfg.prmtop is not None:
-        return ms.from_amber(cfg.prmtop, cfg.pdb, cg, **kw)
+        solvent = cfg.implicit_solvent or "OBC1"
+        return ms.from_amber(cfg.prmtop, cfg.pdb, cg, implicit_solvent=None if solvent == "none" else solvent, **kw)
     return ms.from_pdb_and_forcefield(cfg.pdb, cfg.forcefield, cg, **kw)
