@@ -31,7 +31,7 @@ from cgflow.metrics import bin_centers_grid, forward_kld, pmf_errors, probabilit
 from cgflow.pmf_history import save_snapshot
 from cgflow.pmf.pooled_labels import pooled_labels
 from cgflow.pmf_labels import pmf_from_log_weights
-from cgflow.system import System
+from cgflow.system import System, with_defaults
 from cgflow.systems import build_system
 from cgflow.training import EnergyTimer, test_loss, train_by_energy_epoch, train_by_example
 
@@ -63,6 +63,18 @@ def _noise_factor(noise2: torch.Tensor, se2: torch.Tensor) -> float:
     return max(1.0, math.sqrt(float(noise2[ok].sum() / se2[ok].sum())))
 
 
+def _config_for_object(cfg: RunConfig, system) -> RunConfig:
+    """``cfg`` with its system section saying the system came as a Python object (unless it names a
+    factory already)."""
+    if cfg.system.name == "python" and cfg.system.factory is not None:
+        return cfg
+    from cgflow.systems.python_factory import PythonSystemConfig
+
+    inner = getattr(system, "wrapped", system)
+    return cfg.model_copy(update={"system": PythonSystemConfig(
+        factory=None, object=f"{type(inner).__module__}.{type(inner).__qualname__}")})
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,6 +99,39 @@ def build_flow(cfg: RunConfig, system: System, features: CGFeatures) -> Conditio
     raise ValueError(f"unknown flow kind {cfg.flow.kind!r}")
 
 
+@dataclass
+class MarginalSetup:
+    """How a CG space of d > 2 dimensions is measured: 2-D marginals of ``pairs`` on ``edges`` (per
+    CG dimension), against ``reference`` (marginal, or None), with ``n_points`` quasi-MC points; and
+    the coarse full grid ``coarse_edges`` (about ``metrics.grid_points`` bins) on which the
+    acquisition score, the error bar and the warnings are computed."""
+
+    pairs: list
+    edges: list
+    reference: object
+    n_points: int
+    coarse_edges: list
+
+    @classmethod
+    def build(cls, system: System, mc) -> "MarginalSetup":
+        from cgflow.analysis.marginals import MarginalReferencePMF, marginals_of_reference, resolve_pairs
+
+        d, names = system.cg_dim, tuple(system.cg_names)
+        ref = system.reference()
+        if ref is not None and not isinstance(ref, MarginalReferencePMF):
+            ref = marginals_of_reference(ref, resolve_pairs(None, names))
+        pairs = resolve_pairs(mc.pairs if mc.pairs is not None else (ref.pairs if ref is not None else None), names)
+        if ref is not None:
+            for p in pairs:
+                ref.prob_of(p)  # KeyError names a pair the reference lacks
+            edges = ref.edges
+        else:
+            edges = [np.linspace(lo, hi, mc.n_bins + 1) for lo, hi in system.cg_domain]
+        m = max(2, int(math.floor(mc.grid_points ** (1.0 / d) + 1e-9)))
+        coarse = [np.linspace(lo, hi, m + 1) for lo, hi in system.cg_domain]
+        return cls(pairs, edges, ref, mc.n_integration_points, coarse)
+
+
 def evaluation_grid(system: System):
     """Bin edges used for metrics and plots: the reference's, else 100 bins per CG dim."""
     ref = system.reference()
@@ -104,12 +149,21 @@ class ActiveLearningRun:
         resume: continue from ``run_dir/checkpoint.pt`` (the config saved there is used; a
             different ``cfg`` is refused; None takes the saved one).
         reporters: progress observers.
+        system: an object implementing :class:`cgflow.system.System` (a plug-in system, see
+            docs/systems.md) used instead of building one from ``cfg.system``; the saved config then
+            records ``system: {name: python, factory: null, object: <its class>}``, and a resume
+            needs the object again.
     Constructing with ``resume=True`` only loads the state; nothing runs until :meth:`run`/:meth:`step`.
     """
 
-    def __init__(self, cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = False, reporters=()):
+    def __init__(self, cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = False, reporters=(),
+                 system: System | None = None):
         self.run_dir = Path(run_dir)
         self.reporters = list(reporters)
+        if system is not None:
+            system = with_defaults(system)
+            if cfg is not None:
+                cfg = _config_for_object(cfg, system)
         if resume:
             cfg = self._check_resumable(cfg)
         elif self.run_dir.exists() and any(self.run_dir.iterdir()):
@@ -119,8 +173,12 @@ class ActiveLearningRun:
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.system = build_system(cfg.system, device=self.device)
-        self.edges, self.reference = evaluation_grid(self.system)
+        self.system = system if system is not None else build_system(cfg.system, device=self.device)
+        self.marginals = MarginalSetup.build(self.system, cfg.metrics) if self.system.cg_dim > 2 else None
+        if self.marginals is None:
+            self.edges, self.reference = evaluation_grid(self.system)
+        else:  # d > 2: a coarse full grid for the acquisition score and the error bar; accuracy on marginals
+            self.edges, self.reference = self.marginals.coarse_edges, None
         self.grid = torch.as_tensor(bin_centers_grid(self.edges), dtype=torch.float64)
         self.state = RunState()
         self.dataset = ALDataset(self.system.cg_dim, cfg.by_energy.copies_per_point)
@@ -320,12 +378,36 @@ class ActiveLearningRun:
     def accuracy(self, mean: np.ndarray, std: np.ndarray | None = None) -> dict:
         """Forward/reverse KLD and the named PMF errors of :func:`cgflow.metrics.pmf_errors`
         (weighted RMSE, unweighted RMSE and max error where F_ref < 10 kT, ensemble std beside them)."""
+        if self.marginals is not None:
+            return self._marginal_accuracy()
         if self.reference is None:
             return {}
         p_model = probabilities_from_pmf(mean)
         return {"forward_kld": forward_kld(self.reference.prob, p_model),
                 "reverse_kld": reverse_kld(self.reference.prob, p_model),
                 **pmf_errors(self.reference.prob, mean, std)}
+
+    def marginal_pmfs(self):
+        """The 2-D marginals of the ensemble mean (d > 2; :class:`~cgflow.analysis.marginals.MarginalPMFs`)."""
+        from cgflow.analysis.marginals import marginal_pmfs
+
+        import copy
+
+        m = self.marginals
+        ens32 = copy.deepcopy(self.ensemble).float()  # 2.8x faster on a CPU; ~1e-6 kT from float64
+
+        def f(s):
+            return ens32.mean_and_std(s.to(self.device, torch.float32))[0].cpu().double()
+
+        return marginal_pmfs(f, m.edges, self.system.cg_domain, m.pairs, n_points=m.n_points, seed=self.cfg.seed)
+
+    def _marginal_accuracy(self) -> dict:
+        from cgflow.analysis.marginals import marginal_accuracy
+
+        self._last_marginals = self.marginal_pmfs()
+        if self.marginals.reference is None:
+            return {"marginal_integration_error_kld": float(np.mean(self._last_marginals.integration_error_kld))}
+        return marginal_accuracy(self.marginals.reference, self._last_marginals, tuple(self.system.cg_names))
 
     def uncertainty(self, mean: np.ndarray, std: np.ndarray) -> dict:
         """The ensemble's own error bar, no reference needed: ``boltzmann_std_kT`` = sum_b p(b) sigma(b)
@@ -472,8 +554,9 @@ class ActiveLearningRun:
         st.iteration += 1
         # PMF files first: a run killed before the checkpoint redoes this iteration and rewrites them
         self._save_pmf(mean, std)
+        marg = {k: v for k, v in self._marginal_arrays().items() if k != "marginal_reference_prob"}
         save_snapshot(self.run_dir, it, self.edges, mean, st.counter.total, label=f"iteration {it}",
-                      wall_time_s=st.wall_time_s)
+                      wall_time_s=st.wall_time_s, marginals=marg)
         self._save_checkpoint()
         for r in self.reporters:
             r.on_iteration(self, row)
@@ -537,7 +620,19 @@ class ActiveLearningRun:
                         pmf_kT=mean - np.nanmin(mean), std_kT=std, prob=probabilities_from_pmf(mean),
                         points=self.dataset.points.numpy(), points_added_in=self.dataset.added_in.numpy(),
                         points_is_train=self.dataset.is_train.numpy(), cg_names=np.array(self.system.cg_names),
-                        cg_periodic=np.array(self.system.cg_periodic), **extra)
+                        cg_periodic=np.array(self.system.cg_periodic), **extra, **self._marginal_arrays())
+
+    def _marginal_arrays(self) -> dict:
+        """pmf.npz entries of the 2-D marginals (d > 2): marginal_pairs (K, 2), marginal_pmf_kT
+        (K, n, n), marginal_edges_i per CG dimension, marginal_reference_prob (K, n, n) if any."""
+        marg = getattr(self, "_last_marginals", None)
+        if self.marginals is None or marg is None:
+            return {}
+        out = {"marginal_pairs": np.array(marg.pairs, dtype=np.int64), "marginal_pmf_kT": np.stack(marg.pmf_kT),
+               **{f"marginal_edges_{i}": e for i, e in enumerate(self.marginals.edges)}}
+        if self.marginals.reference is not None:
+            out["marginal_reference_prob"] = np.stack([self.marginals.reference.prob_of(p) for p in marg.pairs])
+        return out
 
     def run(self) -> RunState:
         while not self.state.done:

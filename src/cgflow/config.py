@@ -44,8 +44,9 @@ class MullerBrownConfig(Strict):
 
 
 from cgflow.systems.molecule_config import MoleculeConfig  # noqa: E402
+from cgflow.systems.python_factory import PythonSystemConfig  # noqa: E402
 
-SystemConfig = Annotated[Union[MullerBrownConfig, MoleculeConfig], Field(discriminator="name")]
+SystemConfig = Annotated[Union[MullerBrownConfig, MoleculeConfig, PythonSystemConfig], Field(discriminator="name")]
 
 
 # --- method ------------------------------------------------------------------------------------
@@ -188,6 +189,18 @@ class GridConfig(Strict):
     ensemble_every_epochs: PositiveInt = 10
 
 
+class MetricsConfig(Strict):
+    """How a CG space of more than two dimensions is measured (optional section; d <= 2 uses a full
+    grid of the reference's bins, or 100 per dimension).  See :mod:`cgflow.analysis.marginals`."""
+
+    # CG pairs whose 2-D marginals are measured and plotted: [[name, name], ...] (CG names or 0-based
+    # indices); null: the reference's pairs, else every pair
+    pairs: list[list[str | int]] | None = None
+    n_bins: Annotated[int, Field(ge=4)] = 50  # marginal bins per dimension when there is no reference
+    n_integration_points: Annotated[int, Field(ge=2)] = 256  # quasi-MC points over the other coordinates
+    grid_points: Annotated[int, Field(ge=16)] = 100_000  # full coarse grid (acquisition score, error bar)
+
+
 class StoppingConfig(Strict):
     """kld_threshold needs a reference (an oracle: for benchmarks); std_target_kT does not: stop when
     the ensemble's Boltzmann-weighted std sum_b p(b) sigma(b) (p from the ensemble mean) falls below it."""
@@ -214,6 +227,7 @@ class RunConfig(Strict):
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     stopping: StoppingConfig = Field(default_factory=StoppingConfig)
     grid: GridConfig = Field(default_factory=GridConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -243,7 +257,7 @@ def preset_text(name: str) -> str:
 
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"] if x not in ("muller-brown", "molecule")) or "config"
+    loc = ".".join(str(x) for x in first["loc"] if x not in ("muller-brown", "molecule", "python")) or "config"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -343,7 +357,8 @@ def read_config_source(preset_or_path: str, _seen: tuple = (), _relative_to: Pat
     """Load a YAML file, or a preset by name, resolving ``extends``.
 
     A file with ``extends: NAME`` (a preset, or a YAML path relative to the file) starts from that
-    config and overrides only the keys it lists (sections merge key by key); chains are allowed.
+    config and overrides only the keys it lists (sections merge key by key; a ``system`` section
+    with another ``name`` replaces the parent's); chains are allowed.
     A file without ``extends`` must list every section of the method (ConfigError naming the missing
     ones), and an empty file is an error: nothing silently falls back to built-in defaults.
     """
@@ -357,6 +372,9 @@ def read_config_source(preset_or_path: str, _seen: tuple = (), _relative_to: Pat
         if not isinstance(parent, str) or not parent.strip():
             raise ConfigError(f"{name}: extends must be a preset name or a YAML path, got {parent!r}")
         base = read_config_source(parent.strip(), _seen + (ident,), path.parent if path is not None else None)
+        sys_over = data.get("system")
+        if isinstance(sys_over, dict) and "name" in sys_over and sys_over["name"] != base.get("system", {}).get("name"):
+            base = {**base, "system": {}}  # another kind of system replaces the parent's system section
         return deep_merge(base, data)
     missing = missing_sections(data)
     if missing:

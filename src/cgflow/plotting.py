@@ -55,6 +55,10 @@ def plot_pmf(run_dir: Path, out: Path | None = None) -> Path:
         axr.set_ylabel("std (kT)")
         axr.set_xlabel(names[0])
         ax.set_xlim(edges[0][0], edges[0][-1])
+    elif "marginal_pmf_kT" in d:
+        fig = _marginal_figure(d, names, pts)
+    elif len(edges) > 2:
+        raise ValueError(f"{run_dir / rd.PMF} has a {len(edges)}-D PMF without marginals (no iteration finished)")
     else:
         fig, axes = plt.subplots(1, 2, figsize=(12, 5))
         if "reference_prob" in d:
@@ -73,6 +77,47 @@ def plot_pmf(run_dir: Path, out: Path | None = None) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def _marginal_figure(d: dict, names: list[str], pts: np.ndarray):
+    """One panel per CG pair: the ensemble-mean 2-D marginal PMF (colour, kT), the reference's as black
+    contours at 1, 2, 4, 6, 8 kT, the labelled CG points projected (white dots); title: the pair's
+    forward KLD."""
+    from cgflow.metrics import forward_kld, probabilities_from_pmf, reference_pmf_kT
+
+    pairs = [tuple(int(v) for v in p) for p in d["marginal_pairs"]]
+    fs = d["marginal_pmf_kT"]
+    ref = d.get("marginal_reference_prob")
+    medges = [d[f"marginal_edges_{i}"] for i in range(len(names))]
+    ncol = min(len(pairs), 4)
+    nrow = int(np.ceil(len(pairs) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol + 1.0, 3.2 * nrow), squeeze=False)
+    im = None
+    for k, (ax, (i, j)) in enumerate(zip(axes.ravel(), pairs)):
+        ext = [medges[i][0], medges[i][-1], medges[j][0], medges[j][-1]]
+        im = ax.imshow(np.clip(fs[k], 0, 12).T, origin="lower", extent=ext, cmap="viridis", vmin=0, vmax=12,
+                       aspect="auto")
+        title = f"{names[i]} vs {names[j]}"
+        if ref is not None:
+            ci, cj = (0.5 * (medges[a][1:] + medges[a][:-1]) for a in (i, j))
+            fr = reference_pmf_kT(ref[k])
+            ax.contour(ci, cj, np.where(np.isfinite(fr), fr, 99).T, levels=[1, 2, 4, 6, 8], colors="k",
+                       linewidths=0.7)
+            title += f"\nforward KLD {forward_kld(ref[k], probabilities_from_pmf(fs[k])):.2g}"
+        if len(pts):
+            ax.scatter(pts[:, i], pts[:, j], s=1, c="w", alpha=0.4)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel(names[i], fontsize=8)
+        ax.set_ylabel(names[j], fontsize=8)
+        ax.set_xlim(ext[:2])
+        ax.set_ylim(ext[2:])
+    for ax in axes.ravel()[len(pairs):]:
+        ax.axis("off")
+    fig.suptitle("2-D marginal PMFs of the ensemble mean (colour, kT)"
+                 + (", reference: black contours at 1, 2, 4, 6, 8 kT" if ref is not None else "")
+                 + "; white: CG points", fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="kT")
+    return fig
 
 
 ERROR_SERIES = (  # metrics.csv column, legend label

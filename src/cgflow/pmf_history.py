@@ -9,6 +9,9 @@ A snapshot ``RUN_DIR/pmf_history/{index:05d}.npz`` holds:
     label: what the index means ("iteration 3", "step 200000" ...);
     wall_time_s: seconds of wall-clock the method had spent when the snapshot was taken (optional;
         NaN when unknown).
+For CG spaces of more than two dimensions also the 2-D marginals (optional):
+    marginal_pairs (K, 2), marginal_pmf_kT (K, n, n) (kT, each minimum 0), marginal_edges_0, ... per
+    CG dimension.
 """
 
 from __future__ import annotations
@@ -30,10 +33,14 @@ class PMFSnapshot:
     evaluations: int
     label: str
     wall_time_s: float = float("nan")
+    marginal_pairs: list | None = None
+    marginal_pmf_kT: np.ndarray | None = None
+    marginal_edges: list | None = None
 
 
 def save_snapshot(run_dir, index: int, edges, pmf_kT: np.ndarray, evaluations: int, label: str = "",
-                  wall_time_s: float | None = None) -> Path:
+                  wall_time_s: float | None = None, marginals: dict | None = None) -> Path:
+    """Write snapshot ``index``; ``marginals`` holds the optional marginal_* arrays (module docstring)."""
     d = Path(run_dir) / DIRNAME
     d.mkdir(parents=True, exist_ok=True)
     f = np.asarray(pmf_kT, dtype=np.float64)
@@ -41,7 +48,7 @@ def save_snapshot(run_dir, index: int, edges, pmf_kT: np.ndarray, evaluations: i
     path = d / f"{int(index):05d}.npz"
     atomic_savez(path, **{f"edges_{i}": np.asarray(e, dtype=np.float64) for i, e in enumerate(edges)},
                  pmf_kT=f, evaluations=np.int64(evaluations), label=np.array(str(label)),
-                 wall_time_s=np.float64(np.nan if wall_time_s is None else wall_time_s))
+                 wall_time_s=np.float64(np.nan if wall_time_s is None else wall_time_s), **(marginals or {}))
     return path
 
 
@@ -52,7 +59,12 @@ def read_history(run_dir) -> list[PMFSnapshot]:
     for p in sorted(d.glob("*.npz")) if d.is_dir() else []:
         with np.load(p, allow_pickle=False) as z:
             n = sum(1 for k in z.files if k.startswith("edges_"))
-            out.append(PMFSnapshot(edges=[z[f"edges_{i}"] for i in range(n)], pmf_kT=z["pmf_kT"],
-                                   evaluations=int(z["evaluations"]), label=str(z["label"]),
-                                   wall_time_s=float(z["wall_time_s"]) if "wall_time_s" in z.files else float("nan")))
+            snap = PMFSnapshot(edges=[z[f"edges_{i}"] for i in range(n)], pmf_kT=z["pmf_kT"],
+                               evaluations=int(z["evaluations"]), label=str(z["label"]),
+                               wall_time_s=float(z["wall_time_s"]) if "wall_time_s" in z.files else float("nan"))
+            if "marginal_pmf_kT" in z.files:
+                snap.marginal_pairs = [tuple(int(v) for v in p) for p in z["marginal_pairs"]]
+                snap.marginal_pmf_kT = z["marginal_pmf_kT"]
+                snap.marginal_edges = [z[f"marginal_edges_{i}"] for i in range(n)]
+            out.append(snap)
     return out

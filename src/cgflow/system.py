@@ -120,3 +120,105 @@ def wrap_periodic(s: Tensor, periodic: tuple[bool, ...]) -> Tensor:
         return s
     mask = torch.tensor(periodic, device=s.device)
     return torch.where(mask, wrap_angle(s), s)
+
+
+# --- plug-in systems: validation and the defaults of the optional parts ------------------------
+REQUIRED_ATTRIBUTES = ("name", "cg_dim", "fg_dim", "cg_periodic", "fg_periodic", "cg_domain")
+REQUIRED_METHODS = ("log_target", "to_internal", "from_internal", "starting_data")
+OPTIONAL_PARTS = {
+    "cg_names": "('s1', 's2', ...)",
+    "valid": "every sample is valid (no filter before the energy)",
+    "reference": "None (no reference PMF: the run reports no accuracy figures, only its own error bar)",
+    "default_mc_start": "the centre of cg_domain",
+    "simulation_view": "absent (the MD / metadynamics / umbrella baselines refuse the system)",
+}
+
+
+class SystemProtocolError(TypeError):
+    """An object that does not implement :class:`System` consistently (one-line message)."""
+
+
+def check_system(obj, where: str = "system") -> None:
+    """Raise :class:`SystemProtocolError` (one line) unless ``obj`` implements the required part of
+    :class:`System` consistently: sizes, periodicity, domain (periodic CG coordinates must use the
+    domain (-pi, pi), the convention of :func:`wrap_angle`) and callables."""
+    missing = [a for a in REQUIRED_ATTRIBUTES + REQUIRED_METHODS if not hasattr(obj, a)]
+    if missing:
+        raise SystemProtocolError(f"{where} ({type(obj).__name__}) lacks {', '.join(missing)} of the System protocol "
+                                  f"(see docs/systems.md)")
+    not_callable = [m for m in REQUIRED_METHODS + ("valid", "reference")
+                    if hasattr(obj, m) and not callable(getattr(obj, m))]
+    if not_callable:
+        raise SystemProtocolError(f"{where}: {', '.join(not_callable)} must be method(s)")
+    for a in ("cg_dim", "fg_dim"):
+        v = getattr(obj, a)
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise SystemProtocolError(f"{where}: {a} must be a positive int, got {v!r}")
+    d = int(obj.cg_dim)
+    for a, n in (("cg_periodic", d), ("fg_periodic", int(obj.fg_dim))):
+        v = tuple(getattr(obj, a))
+        if len(v) != n:
+            raise SystemProtocolError(f"{where}: len({a}) = {len(v)} but {a[:2]}_dim = {n}")
+    dom = tuple(tuple(float(x) for x in lohi) for lohi in obj.cg_domain)
+    if len(dom) != d or any(len(lohi) != 2 for lohi in dom):
+        raise SystemProtocolError(f"{where}: cg_domain must be {d} (low, high) pair(s), got {obj.cg_domain!r}")
+    for i, ((lo, hi), per) in enumerate(zip(dom, obj.cg_periodic)):
+        if not lo < hi:
+            raise SystemProtocolError(f"{where}: cg_domain[{i}] = ({lo}, {hi}) needs low < high")
+        if per and not (np.isclose(lo, -np.pi) and np.isclose(hi, np.pi)):
+            raise SystemProtocolError(f"{where}: CG coordinate {i} is periodic, so its domain must be (-pi, pi) "
+                                      f"(radians), got ({lo:.4g}, {hi:.4g})")
+    names = getattr(obj, "cg_names", None)
+    if names is not None and len(tuple(names)) != d:
+        raise SystemProtocolError(f"{where}: len(cg_names) = {len(tuple(names))} but cg_dim = {d}")
+    start = getattr(obj, "default_mc_start", None)
+    if start is not None and len(tuple(start)) != d:
+        raise SystemProtocolError(f"{where}: default_mc_start has {len(tuple(start))} values, cg_dim = {d}")
+
+
+class SystemWithDefaults:
+    """A plug-in system with the documented defaults (:data:`OPTIONAL_PARTS`) for the optional parts
+    it lacks; every other attribute is the wrapped object's."""
+
+    def __init__(self, system):
+        object.__setattr__(self, "wrapped", system)
+
+    def __getattr__(self, name):
+        return getattr(self.wrapped, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.wrapped, name, value)
+
+    @property
+    def cg_names(self) -> tuple[str, ...]:
+        names = getattr(self.wrapped, "cg_names", None)
+        return tuple(names) if names is not None else tuple(f"s{i + 1}" for i in range(self.wrapped.cg_dim))
+
+    @property
+    def default_mc_start(self) -> tuple[float, ...]:
+        start = getattr(self.wrapped, "default_mc_start", None)
+        if start is not None:
+            return tuple(float(v) for v in start)
+        return tuple(0.5 * (lo + hi) for lo, hi in self.wrapped.cg_domain)
+
+    def valid(self, s: Tensor, x_fg: Tensor) -> Tensor:
+        f = getattr(self.wrapped, "valid", None)
+        if f is None:
+            return torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+        return f(s, x_fg)
+
+    def reference(self) -> ReferencePMF | None:
+        f = getattr(self.wrapped, "reference", None)
+        return None if f is None else f()
+
+    def __repr__(self) -> str:
+        return f"SystemWithDefaults({self.wrapped!r})"
+
+
+def with_defaults(obj, where: str = "system"):
+    """Check ``obj`` (:func:`check_system`) and return it with the defaults of the optional parts:
+    ``obj`` itself if it has them all, else a :class:`SystemWithDefaults` around it."""
+    check_system(obj, where)
+    if all(hasattr(obj, a) for a in ("cg_names", "valid", "reference", "default_mc_start")):
+        return obj
+    return SystemWithDefaults(obj)

@@ -10,6 +10,9 @@ def build_system(cfg, device="cpu"):
     if cfg.name == "molecule":
         from cgflow.systems.molecule_config import build_molecule_system
         return build_molecule_system(cfg, device=device)
+    if cfg.name == "python":
+        from cgflow.systems.python_factory import build_python_system
+        return build_python_system(cfg, device=device)
     if cfg.name == "muller-brown":
         return MullerBrownSystem(beta=cfg.beta, domain=cfg.domain, n_bins=cfg.n_bins,
                                  n_starting_points=cfg.n_starting_points)

@@ -1,0 +1,1 @@
+"""Analysis of PMFs: marginals of CG spaces with more than two dimensions."""
