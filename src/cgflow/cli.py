@@ -75,7 +75,6 @@ def run(
     threads: Optional[int] = threads_option(),
 ):
     """Run active learning; writes config.yaml, metrics.csv, checkpoint.pt, pmf.npz and plots to the run directory."""
-    from cgflow.active_learning import ActiveLearningRun
     from cgflow.config import ConfigError, load_config
     from cgflow.plotting import PlotReporter
     from cgflow.reporters import ConsoleReporter
@@ -90,48 +89,25 @@ def run(
     try:
         from cgflow import resume as rs
 
-        extend_cfg = None
-        if resume:
-            if out is None:
-                _fail("--resume needs --out RUN_DIR")
-            leftovers = rs.leftovers_of_unstarted_run(out)
-            if leftovers is not None:
-                # killed before its first checkpoint: nothing was computed that could be kept
-                cfg = rs.requested_config(out, config, overrides, seed) or rs.saved_config(out)
-                for p in leftovers:
-                    p.unlink()
-                typer.echo(f"{out} has no checkpoint (the run was stopped before its first one): starting it over")
-                resume = False
-            elif not (out / "checkpoint.pt").is_file():
-                _fail(f"cannot resume: no checkpoint at {out / 'checkpoint.pt'} (nothing to resume; start a run "
-                      f"with `cgflow run CONFIG --out {out}`)")
-            else:
-                new = rs.requested_config(out, config, overrides, seed)
-                if new is not None and rs.check_extension(out, rs.saved_config(out), new):
-                    extend_cfg = new
-                cfg = None
-        else:
-            if config is None:
-                _fail("give a preset name or a YAML file (see `cgflow presets`)")
-            cfg = load_config(config, overrides, seed)
-            if out is None:
-                out = Path("runs") / f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-            elif rs.leftovers_of_unstarted_run(out) is not None:
-                _fail(f"run directory {out} exists but has no checkpoint (the run was stopped before its first "
-                      f"one); start it over with `cgflow run --resume --out {out}`, or choose another --out")
+        if resume and out is None:
+            _fail("--resume needs --out RUN_DIR")
+        if not resume and config is None:
+            _fail("give a preset name or a YAML file (see `cgflow presets`)")
+        if out is None:
+            load_config(config, overrides, seed)  # bad input fails before a directory name is made up
+            out = Path("runs") / f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         reporters = ([] if no_plots else [PlotReporter()]) + [ConsoleReporter()]
-        runner = ActiveLearningRun(cfg, out, resume=resume, reporters=reporters)
-        typer.echo(f"run directory: {out}" + (f" (resuming at iteration {runner.state.iteration})" if resume else "")
+        opened = rs.open_run(out, config, overrides, seed, resume=resume, reporters=reporters)  # shared with sweep
+        runner = opened.runner
+        if opened.started_over:
+            typer.echo(f"{out} has no checkpoint (the run was stopped before its first one): starting it over")
+        typer.echo(f"run directory: {out}"
+                   + (f" (resuming at iteration {runner.state.iteration})" if opened.resumed else "")
                    + (f"; torch threads: {n_threads}" if runner.device.type == "cpu" else ""))
-        if extend_cfg is not None:
-            message = rs.apply_extension(runner, extend_cfg)
-            if message:
-                typer.echo(message)
+        if opened.extension:
+            typer.echo(opened.extension)
         if runner.state.done:
-            typer.echo(f"this run has already finished: {runner.state.stop_reason}" +
-                       ("; extend it with `cgflow run --resume --out "
-                        f"{out} --set stopping.max_iterations=N`" if rs._stopped_by_stopping_rule(
-                            runner.state.stop_reason) else ""))
+            typer.echo(rs.finished_note(runner))
             return
         runner.run()
     except (ConfigError, RunDirectoryError, FileNotFoundError) as err:

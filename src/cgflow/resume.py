@@ -3,6 +3,7 @@ killed before its first checkpoint, and extend a run by changing its stopping ke
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -108,3 +109,61 @@ def apply_extension(run, new: RunConfig) -> str:
     st.done, st.stop_reason = False, ""
     return (f"extended: {'reopened after' if reopened else 'continuing from'} iteration {n}, "
             f"up to stopping.max_iterations = {new.stopping.max_iterations}")
+
+
+@dataclass
+class OpenedRun:
+    """A run directory opened by :func:`open_run`: the run, and what happened to it on the way."""
+
+    runner: object  # cgflow.active_learning.ActiveLearningRun
+    resumed: bool  # continued from its checkpoint
+    started_over: bool  # --resume of a run killed before its first checkpoint: started over
+    extension: str  # apply_extension's sentence ("" when the stopping keys did not change)
+
+
+def open_run(out: Path, config: str | None, overrides: list[str], seed: int | None, *, resume: bool,
+             reporters=()) -> OpenedRun:
+    """Open the run directory ``out`` as ``cgflow run CONFIG --out OUT [--resume]`` does (shared by
+    ``cgflow run`` and ``cgflow sweep``): a new run from ``config`` + ``overrides`` + ``seed``; or with
+    ``resume`` the run from its checkpoint (extended if only stopping keys differ), or started over if
+    it was killed before its first checkpoint.  Whether it has finished: ``runner.state.done``.
+    Nothing runs yet.  Raises ConfigError / RunDirectoryError with one-line messages."""
+    from cgflow.active_learning import ActiveLearningRun
+
+    out = Path(out)
+    extend_cfg, started_over = None, False
+    if resume:
+        leftovers = leftovers_of_unstarted_run(out)
+        if leftovers is not None:
+            # killed before its first checkpoint: nothing was computed that could be kept
+            cfg = requested_config(out, config, overrides, seed) or saved_config(out)
+            for p in leftovers:
+                p.unlink()
+            resume, started_over = False, True
+        elif not (out / rd.CHECKPOINT).is_file():
+            raise rd.RunDirectoryError(f"cannot resume: no checkpoint at {out / rd.CHECKPOINT} (nothing to resume; "
+                                       f"start a run with `cgflow run CONFIG --out {out}`)")
+        else:
+            new = requested_config(out, config, overrides, seed)
+            if new is not None and check_extension(out, saved_config(out), new):
+                extend_cfg = new
+            cfg = None
+    else:
+        if config is None:
+            raise ConfigError("give a preset name or a YAML file (see `cgflow presets`)")
+        cfg = load_config(config, overrides, seed)
+        if leftovers_of_unstarted_run(out) is not None:
+            raise rd.RunDirectoryError(f"run directory {out} exists but has no checkpoint (the run was stopped before "
+                                       f"its first one); start it over with `cgflow run --resume --out {out}`, or "
+                                       f"choose another --out")
+    runner = ActiveLearningRun(cfg, out, resume=resume, reporters=reporters)
+    extension = apply_extension(runner, extend_cfg) if extend_cfg is not None else ""
+    return OpenedRun(runner, resume, started_over, extension)
+
+
+def finished_note(runner) -> str:
+    """The console sentence for a run that has already finished (with how to extend it, where that applies)."""
+    reason = runner.state.stop_reason
+    hint = (f"; extend it with `cgflow run --resume --out {runner.run_dir} --set stopping.max_iterations=N`"
+            if _stopped_by_stopping_rule(reason) else "")
+    return f"this run has already finished: {reason}{hint}"
