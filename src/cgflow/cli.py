@@ -241,6 +241,7 @@ def presets(show: Optional[str] = typer.Argument(None, help="Print this preset's
 
 
 from cgflow import cli_baselines  # noqa: E402,F401  (registers md, umbrella, metad, reference, compare)
+from cgflow import cli_sweep  # noqa: E402,F401  (registers sweep)
 
 
 def main() -> None:  # pragma: no cover

@@ -7,7 +7,7 @@ A *scheduler* is given as
 * an address (``tcp://host:8786``, ``host:8786``, ``tls://...``): connect to a running scheduler
   (``dask scheduler`` + ``dask worker``, dask-jobqueue, dask-kubernetes, ...); with ``n_workers``,
   wait until that many workers have joined;
-* a :class:`ClusterSpec` (``cgflow sweep``'s ``cluster: {class: ..., options: ..., jobs: ...}``): any
+* a :class:`ClusterSpec` (``cgflow sweep``'s ``cluster: {class: ..., options: ..., n_workers: ...}``): any
   cluster class by its dotted name, e.g. ``dask_jobqueue.SLURMCluster``, created and scaled here;
 * an existing :class:`distributed.Client` (Python API): used as it is, never closed by cgflow.
 """
@@ -47,12 +47,11 @@ def default_n_workers() -> int:
 @dataclass
 class ClusterSpec:
     """A cluster to create: ``cls`` a dotted class name (``distributed.LocalCluster``,
-    ``dask_jobqueue.SLURMCluster``), ``options`` its keyword arguments, then ``scale(jobs=jobs)`` (job
-    queues) or ``scale(n_workers)`` when ``jobs`` is None and ``n_workers`` is given."""
+    ``dask_jobqueue.SLURMCluster``), ``options`` its keyword arguments, then ``scale(n_workers)`` if given
+    (a job queue submits as many jobs as these workers need)."""
 
     cls: str
     options: dict = field(default_factory=dict)
-    jobs: int | None = None
     n_workers: int | None = None
 
 
@@ -106,13 +105,13 @@ def connect(scheduler, n_workers: int | None = None, *, timeout_s: float = 30.0,
     if isinstance(scheduler, Client):
         return Connection(scheduler, owns_client=False, description=f"client {scheduler.scheduler.address}")
     level = logging.ERROR if quiet else logging.WARNING
+    if not daemon_workers:  # read by local nannies at every (re)start of a worker: set for good
+        dask.config.set({"distributed.worker.daemon": False})
     if isinstance(scheduler, ClusterSpec):
         cls = _import_class(scheduler.cls)
         try:
             cluster = cls(**scheduler.options)
-            if scheduler.jobs is not None:
-                cluster.scale(jobs=scheduler.jobs)
-            elif scheduler.n_workers is not None:
+            if scheduler.n_workers is not None:
                 cluster.scale(scheduler.n_workers)
             client = Client(cluster, timeout=f"{timeout_s}s")
         except SchedulerError:
@@ -123,8 +122,6 @@ def connect(scheduler, n_workers: int | None = None, *, timeout_s: float = 30.0,
         return Connection(client, cluster, description=f"{scheduler.cls} at {cluster.scheduler_address}")
     if scheduler == "local":
         n = int(n_workers) if n_workers is not None else default_n_workers()
-        if not daemon_workers:  # read by the nannies at every (re)start of a worker: set for good
-            dask.config.set({"distributed.worker.daemon": False})
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                silence_logs=level)
         client = Client(cluster)
