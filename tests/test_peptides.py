@@ -5,7 +5,11 @@ residue equal mdtraj's; bad input gives clear errors."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import math
+import os
+import subprocess
+import sys
 
 import mdtraj as md
 import numpy as np
@@ -155,3 +159,21 @@ def test_missing_ambertools_is_a_clear_error(cache, monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", missing)
     with pytest.raises(pb.PeptideBuildError, match=r"pip install 'cgflow\[peptides\]'"):
         pb.build_peptide("ACE ALA NME", "ff99SB")  # not in the cache: needs tleap
+
+
+def _cgflow(*args, cwd, env):
+    return subprocess.run([sys.executable, "-m", "cgflow.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, env=env)
+
+
+def test_cli_md_baseline_on_the_ala4_preset(cache, tmp_path):
+    env = {**os.environ, "CGFLOW_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    r = _cgflow("md", "ala4", "--out", "md", "--steps", "200", "--report-every", "50", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "md" / "md.json").read_text())
+    assert info["evaluations"] == 201 and info["cg_names"] == CG6
+    traj = np.concatenate([np.load(p) for p in sorted((tmp_path / "md" / "cg_trajectory").glob("*.npy"))])
+    assert traj.shape == (4, 1, 6) and np.all(np.abs(traj) <= math.pi)
+    r = _cgflow("md", "ala4", "--set", "sequence=ACE XYZ NME", "--out", "bad", "--steps", "10", cwd=tmp_path, env=env)
+    assert r.returncode != 0 and "Illegal UNIT named: XYZ" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
