@@ -64,10 +64,7 @@ def _noise_factor(noise2: torch.Tensor, se2: torch.Tensor) -> float:
 
 
 def _config_for_object(cfg: RunConfig, system) -> RunConfig:
-    """``cfg`` with its system section saying the system came as a Python object (unless it names a
-    factory already)."""
-    if cfg.system.name == "python" and cfg.system.factory is not None:
-        return cfg
+    """``cfg`` with its system section saying the system came as a Python object."""
     from cgflow.systems.python_factory import PythonSystemConfig
 
     inner = getattr(system, "wrapped", system)
@@ -122,8 +119,10 @@ class MarginalSetup:
             ref = marginals_of_reference(ref, resolve_pairs(None, names))
         pairs = resolve_pairs(mc.pairs if mc.pairs is not None else (ref.pairs if ref is not None else None), names)
         if ref is not None:
-            for p in pairs:
-                ref.prob_of(p)  # KeyError names a pair the reference lacks
+            lacking = [p for p in pairs if p not in ref.pairs and p[::-1] not in ref.pairs]
+            if lacking:
+                raise ValueError(f"metrics.pairs: the reference has no marginal of "
+                                 f"{', '.join(f'{names[i]}|{names[j]}' for i, j in lacking)}")
             edges = ref.edges
         else:
             edges = [np.linspace(lo, hi, mc.n_bins + 1) for lo, hi in system.cg_domain]

@@ -84,6 +84,24 @@ def _point(ref: ReferencePMF, p_model: np.ndarray, pmf_kT: np.ndarray, epsilon: 
     return (forward_kld(ref.prob, q), reverse_kld(ref.prob, q, epsilon), *(e[k] for k in ERROR_KEYS))
 
 
+def _marginal_point(ref, pmfs: dict, epsilon: float) -> tuple:
+    """:func:`_point` for a marginal reference: each figure averaged over the reference's CG pairs;
+    ``pmfs`` maps a pair (i, j) to the model's 2-D marginal PMF (kT) on the reference bins."""
+    from cgflow.system import ReferencePMF
+
+    pts = []
+    for pair in ref.pairs:
+        f = np.asarray(pmfs[pair], dtype=np.float64)
+        with np.errstate(over="ignore"):
+            p = np.where(np.isfinite(f), np.exp(-(f - np.nanmin(np.where(np.isfinite(f), f, np.nan)))), 0.0)
+        pts.append(_point(ReferencePMF(ref.edges[:2], ref.prob_of(pair)), p / p.sum(), f, epsilon))
+    return tuple(float(np.nanmean(v)) for v in zip(*pts))
+
+
+def _is_marginal(ref) -> bool:
+    return hasattr(ref, "pairs")
+
+
 def _curve(label, method, evaluations, points) -> Curve:
     fk, rk, rm, ru, mx, cov = (np.array(v, dtype=np.float64) for v in zip(*points))
     return Curve(label, np.asarray(evaluations, dtype=np.int64), fk, rk, rm, method, ru, mx, cov)
@@ -96,6 +114,8 @@ def kld_curve_from_snapshots(snapshots: list[PMFSnapshot], ref: ReferencePMF, la
     PMF is inf get probability 0 before the ``epsilon`` floor."""
     if not snapshots:
         raise ValueError(f"{label}: no PMF snapshots")
+    if _is_marginal(ref):
+        return _marginal_curve_from_snapshots(snapshots, ref, label, epsilon, method)
     for s in snapshots:
         same = len(s.edges) == len(ref.edges) and all(
             np.shape(e) == np.shape(r) and np.allclose(e, r) for e, r in zip(s.edges, ref.edges))
@@ -111,6 +131,28 @@ def kld_curve_from_snapshots(snapshots: list[PMFSnapshot], ref: ReferencePMF, la
     snaps = sorted(snapshots, key=lambda s: s.evaluations)
     pts = [_point(ref, probabilities_from_pmf(s.pmf_kT), np.asarray(s.pmf_kT, dtype=np.float64), epsilon)
            for s in snaps]
+    return _curve(label, method, [s.evaluations for s in snaps], pts)
+
+
+def _marginal_curve_from_snapshots(snapshots, ref, label, epsilon, method) -> Curve:
+    """Snapshots with 2-D marginals (CG spaces of d > 2) against a marginal reference: every figure is
+    the mean over the reference's pairs."""
+    pts = []
+    snaps = sorted(snapshots, key=lambda s: s.evaluations)
+    for s in snaps:
+        if s.marginal_pmf_kT is None:
+            raise ValueError(f"{label}: snapshot '{s.label}' has no 2-D marginals, the reference is marginal")
+        have = {tuple(p): f for p, f in zip(s.marginal_pairs, s.marginal_pmf_kT)}
+        have.update({(j, i): f.T for (i, j), f in list(have.items())})
+        lacking = [p for p in ref.pairs if p not in have]
+        if lacking:
+            raise ValueError(f"{label}: snapshot '{s.label}' lacks the marginals of the CG pairs {lacking}")
+        bad = [i for i in range(ref.cg_dim) if np.shape(s.marginal_edges[i]) != np.shape(ref.edges[i])
+               or not np.allclose(s.marginal_edges[i], ref.edges[i])]
+        if bad:
+            raise ValueError(f"{label}: snapshot '{s.label}' marginals are not on the reference bins "
+                             f"(CG dimension(s) {bad})")
+        pts.append(_marginal_point(ref, have, epsilon))
     return _curve(label, method, [s.evaluations for s in snaps], pts)
 
 
@@ -144,8 +186,9 @@ def kld_curve_from_md(run_dir, ref: ReferencePMF, n_points: int = 40, epsilon: f
     info = json.loads((run_dir / "md.json").read_text())
     k, R, d = int(info["report_every_steps"]), int(info["n_replicas"]), int(info["cg_dim"])
     label = label or _run_label(run_dir)
-    if d != ref.prob.ndim:
-        raise ValueError(f"{label}: cg_dim {d} but the reference has {ref.prob.ndim} dimension(s)")
+    ref_dim = ref.cg_dim if _is_marginal(ref) else ref.prob.ndim
+    if d != ref_dim:
+        raise ValueError(f"{label}: cg_dim {d} but the reference has {ref_dim} dimension(s)")
     chunks = sorted((run_dir / "cg_trajectory").glob("*.npy"))
     if "n_chunks" in info:  # chunks past the last checkpoint of a killed run are not part of it
         chunks = chunks[: int(info["n_chunks"])]
@@ -156,24 +199,38 @@ def kld_curve_from_md(run_dir, ref: ReferencePMF, n_points: int = 40, epsilon: f
     if total == 0:
         raise ValueError(f"{label}: the CG trajectory has no frames")
     targets = np.unique(np.round(np.geomspace(1, total, n_points)).astype(np.int64))
-    counts = np.zeros(ref.prob.size)
+    # one histogram (full grid), or one per CG pair of a marginal reference
+    groups = ([(list(p), ref.prob_of(p).shape) for p in ref.pairs] if _is_marginal(ref)
+              else [(list(range(d)), ref.prob.shape)])
+    counts = [np.zeros(int(np.prod(shape))) for _, shape in groups]
     done, ti, pts = 0, 0, []
 
-    def add(idx):
-        counts[:] += np.bincount(idx[idx >= 0], minlength=counts.size)
+    def add(idx, start, stop):
+        for c, i in zip(counts, idx):
+            seg = i[start:stop].ravel()  # frames start..stop of every replica
+            c += np.bincount(seg[seg >= 0], minlength=c.size)
+
+    def point():
+        pmfs = []
+        for c, (_, shape) in zip(counts, groups):
+            p = c / max(c.sum(), 1.0)
+            with np.errstate(divide="ignore"):
+                pmfs.append((p.reshape(shape), -np.log(p).reshape(shape)))
+        if _is_marginal(ref):
+            return _marginal_point(ref, {tuple(p): f for p, (_, f) in zip(ref.pairs, pmfs)}, epsilon)
+        return _point(ref, *pmfs[0], epsilon)
 
     for c in chunks:
-        idx = _flat_bins(np.load(c), ref.edges)
-        start = 0
-        while ti < len(targets) and targets[ti] <= done + len(idx):
+        x = np.load(c)
+        idx = [_flat_bins(x[..., dims], [ref.edges[k] for k in dims]) for dims, _ in groups]  # (frames, R)
+        n_here, start = idx[0].shape[0], 0
+        while ti < len(targets) and targets[ti] <= done + n_here:
             stop = targets[ti] - done
-            add(idx[start:stop])
-            p = counts / max(counts.sum(), 1.0)
-            with np.errstate(divide="ignore"):
-                pts.append(_point(ref, p.reshape(ref.prob.shape), -np.log(p).reshape(ref.prob.shape), epsilon))
+            add(idx, start, stop)
+            pts.append(point())
             start, ti = stop, ti + 1
-        add(idx[start:])
-        done += len(idx)
+        add(idx, start, n_here)
+        done += n_here
     evals = targets * k * R + int(info.get("evaluations_offset", 0))
     return _curve(label, str(info.get("method", "md")), evals, pts)
 

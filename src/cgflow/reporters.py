@@ -45,7 +45,16 @@ def accuracy_lines(row: dict) -> list[str]:
     """The final accuracy figures, each named: what it averages over and how."""
     if "forward_kld" not in row:
         return []
-    lines = [f"final forward KLD: {row['forward_kld']:.3g} (nats, KL(p_ref || p_model) on the reference bins)"]
+    if "forward_kld_max_pair" in row:  # d > 2: 2-D marginals
+        pairs = {k[len("forward_kld["):-1]: v for k, v in row.items() if k.startswith("forward_kld[")}
+        worst = max(pairs, key=pairs.get) if pairs else "?"
+        lines = [f"final forward KLD: {row['forward_kld']:.3g} (nats, mean over {len(pairs)} CG pairs of the 2-D marginal "
+                 f"KLDs; worst {worst} {row['forward_kld_max_pair']:.3g}; integration error "
+                 f"~{row.get('marginal_integration_error_kld', float('nan')):.2g})"]
+    else:
+        lines = [f"final forward KLD: {row['forward_kld']:.3g} (nats, KL(p_ref || p_model) on the reference bins)"]
+    if "forward_kld_max_pair" in row and "pmf_rmse_weighted_kT" in row:
+        lines.append("PMF errors below: means over the CG pairs' 2-D marginals")
     if "pmf_rmse_weighted_kT" in row:
         lines.append(f"PMF RMSE weighted by the reference probability: {row['pmf_rmse_weighted_kT']:.3f} kT")
     if "pmf_rmse_unweighted_kT" in row:

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from itertools import combinations
+
+from cgflow.analysis.marginals import histogram_marginals
 from cgflow.metrics import forward_kld
-from cgflow.reference_file import save_reference
+from cgflow.reference_file import save_marginal_reference, save_reference
 
 HALVES_EPSILON = 1e-10
 
@@ -37,7 +40,10 @@ def reference_from_exact(system, out) -> dict:
     meta = {"method": "exact", "description": f"{system.name}: {ref.description}", "evaluations": 0,
             "noise_floor_forward_kld": 0.0, "cg_names": list(system.cg_names),
             "created": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    save_reference(out, ref.edges[0], ref.prob, meta)
+    if hasattr(ref, "pairs"):  # 2-D marginals of a CG space with d > 2
+        save_marginal_reference(out, ref.edges[0], ref.pairs, ref.probs, ref.cg_dim, meta)
+    else:
+        save_reference(out, ref.edges[0], ref.prob, meta)
     return meta
 
 
@@ -57,6 +63,8 @@ def _md_histograms(run_dir: Path, n_bins: int, discard_steps: int) -> tuple[np.n
     d = cg.shape[-1]
 
     def hist(frames):
+        if d > 2:  # 2-D marginals of every CG pair, (K, n_bins, n_bins)
+            return np.stack(histogram_marginals(frames.reshape(-1, d), [edges] * d, combinations(range(d), 2)))
         h, _ = np.histogramdd(frames.reshape(-1, d), bins=[edges] * d)
         return h / h.sum()
 
@@ -101,9 +109,16 @@ def reference_from_run(run_dir, out, n_bins: int = 100, discard_steps: int = 0) 
                 "occupied_bins": int((p > 0).sum())}
     else:
         raise ValueError(f"{run_dir} is neither an MD run (md.json) nor an umbrella run (umbrella.json)")
-    meta.update(noise_floor_forward_kld=_halves_kld(p1, p2), noise_floor_note=(
+    marginal = p.ndim == 3 and len(info.get("cg_domain", [])) > 2
+    floor = (float(np.mean([_halves_kld(a, b) for a, b in zip(p1, p2)])) if marginal else _halves_kld(p1, p2))
+    meta.update(noise_floor_forward_kld=floor, noise_floor_note=(
         "forward KLD between the estimates from the two halves of the data (empty bins floored at "
-        f"{HALVES_EPSILON:g}); the full reference's own error is roughly a quarter of it"),
+        f"{HALVES_EPSILON:g}; for 2-D marginals its mean over the CG pairs); the full reference's own error is "
+        "roughly a quarter of it"),
         created=created, cg_names=info.get("cg_names", []))
-    save_reference(out, edges, p, meta)
+    if marginal:
+        d = len(info["cg_domain"])
+        save_marginal_reference(out, edges, list(combinations(range(d), 2)), p, d, meta)
+    else:
+        save_reference(out, edges, p, meta)
     return meta
