@@ -243,14 +243,20 @@ def run_item(item: SweepItem, threads: int = 1, plots: bool = True) -> SweepResu
 
 
 # --- the sweep (client side) -------------------------------------------------------------------------
+def check_sweep_dir(out: Path) -> None:
+    """RunDirectoryError if ``out`` exists and is not a sweep directory (a new or empty one is fine)."""
+    from cgflow.run_directory import RunDirectoryError
+
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SPEC_COPY).is_file())):
+        raise RunDirectoryError(f"{out} exists and is not a sweep directory (no {SPEC_COPY}); choose another --out")
+
+
 def prepare_sweep_dir(out: Path, spec_text: str) -> None:
     """Create ``out`` (or reuse it if it is a sweep directory) and keep the spec as ``sweep.yaml``; an
     existing directory that is not a sweep's is refused (nothing in it is touched)."""
-    from cgflow.run_directory import RunDirectoryError, atomic_write_text
+    from cgflow.run_directory import atomic_write_text
 
-    if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / SPEC_COPY).is_file()):
-            raise RunDirectoryError(f"{out} exists and is not a sweep directory (no {SPEC_COPY}); choose another --out")
+    check_sweep_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / SPEC_COPY, spec_text)
 
@@ -291,11 +297,12 @@ def run_sweep(items: list[SweepItem], out: Path, spec_text: str, cluster, *, n_w
     from cgflow.distributed.cluster import connect
 
     out = Path(out)
-    prepare_sweep_dir(out, spec_text)
+    check_sweep_dir(out)  # before a cluster is started; nothing is written before it is reached
     conn = connect(cluster, n_workers, timeout_s=timeout_s, daemon_workers=False)
-    echo(f"sweep: {len(items)} run(s) in {out} on {conn.description}")
     results: dict[str, SweepResult] = {}
     try:
+        prepare_sweep_dir(out, spec_text)
+        echo(f"sweep: {len(items)} run(s) in {out} on {conn.description}")
         tag = uuid.uuid4().hex[:8]
         futures = {conn.client.submit(run_item, it, threads, plots, key=f"cgflow-run-{it.name}-{tag}", pure=False): it
                    for it in items}
