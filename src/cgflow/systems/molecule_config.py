@@ -39,7 +39,7 @@ class ExecutionConfig(BaseModel):
 
     scheduler: str = "local"
     n_workers: Annotated[int, Field(gt=0)] | None = None
-    max_chunk: Annotated[int, Field(gt=0)] = 256
+    max_chunk: Annotated[int, Field(gt=0)] = 1024
     timeout_s: Annotated[float, Field(gt=0)] = 30.0
 
     @field_validator("scheduler")
