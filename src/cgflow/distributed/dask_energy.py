@@ -139,7 +139,8 @@ class DaskEnergyPool(BatchEnergyPool):
             (see :func:`cgflow.distributed.cluster.connect`).
         n_workers: LocalCluster size, or for an address the number of workers to wait for.
         platform: OpenMM platform of the workers' Contexts ("CPU"; "Reference" for exact tests).
-        max_chunk: largest number of configurations in one task.
+        max_chunk: largest number of configurations in one task (default 1024: a task costs a few ms of
+            scheduling, see docs/benchmarks.md; smaller chunks spread a batch over more workers).
         max_abs_coordinate: configurations with any |coordinate| above this (nm) get NaN.
         timeout_s: how long to wait for the scheduler (and for ``n_workers`` workers).
 
@@ -150,7 +151,7 @@ class DaskEnergyPool(BatchEnergyPool):
     """
 
     def __init__(self, system, temperature_K: float, *, scheduler="local", n_workers: int | None = None,
-                 platform: str = "CPU", max_chunk: int = 256, max_abs_coordinate: float = 1e5,
+                 platform: str = "CPU", max_chunk: int = 1024, max_abs_coordinate: float = 1e5,
                  timeout_s: float = 30.0):
         import openmm
 
