@@ -73,7 +73,8 @@ def plot_pmf(run_dir: Path, out: Path | None = None) -> Path:
             ax.set_xlabel(names[0])
             ax.set_ylabel(names[1])
         axes[1].scatter(pts[:, 0], pts[:, 1], c=added, cmap="cool", s=2, alpha=0.6)
-    fig.tight_layout()
+    if "marginal_pmf_kT" not in d:  # the marginal figure's shared colorbar does not fit tight_layout
+        fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
