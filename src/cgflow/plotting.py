@@ -90,9 +90,10 @@ def _marginal_figure(d: dict, names: list[str], pts: np.ndarray):
     fs = d["marginal_pmf_kT"]
     ref = d.get("marginal_reference_prob")
     medges = [d[f"marginal_edges_{i}"] for i in range(len(names))]
-    ncol = min(len(pairs), 4)
+    ncol = len(pairs) if len(pairs) <= 4 else int(np.ceil(len(pairs) / np.ceil(len(pairs) / 4)))
     nrow = int(np.ceil(len(pairs) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol + 1.0, 3.2 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol + 1.2, 3.2 * nrow + 0.4), squeeze=False,
+                             layout="constrained")
     im = None
     for k, (ax, (i, j)) in enumerate(zip(axes.ravel(), pairs)):
         ext = [medges[i][0], medges[i][-1], medges[j][0], medges[j][-1]]
