@@ -10,26 +10,16 @@ import threading
 import time
 
 import numpy as np
-import openmm.app as app
-import openmm.unit as unit
 import pytest
 import torch
 
 from cgflow.distributed.cluster import SchedulerError
 from cgflow.distributed.dask_energy import DaskEnergyPool
 from cgflow.molecules.energy import make_energy_backend
-from cgflow.molecules.molecule_system import package_data_file
 from cgflow.molecules.openmm_pool import OpenMMEnergyPool
+from test_openmm_pool import system_and_x0  # noqa: F401  (fixture: the alanine dipeptide System and its pdb positions)
 
 T = 300.0
-
-
-@pytest.fixture(scope="module")
-def system_and_x0():
-    prmtop = app.AmberPrmtopFile(package_data_file("alanine-dipeptide", "alanine-dipeptide.prmtop"))
-    system = prmtop.createSystem(nonbondedMethod=app.NoCutoff, implicitSolvent=app.OBC1, constraints=None)
-    pdb = app.PDBFile(package_data_file("alanine-dipeptide", "alanine-dipeptide.pdb"))
-    return system, np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
 
 
 @pytest.fixture(scope="module")

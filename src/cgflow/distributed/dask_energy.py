@@ -23,17 +23,15 @@ Units as in the local pool: positions nm; ``energies_and_forces`` returns ``E/kT
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import threading
 import uuid
-import weakref
 
 import numpy as np
 
 from cgflow.distributed.cluster import connect
-from cgflow.molecules.openmm_pool import (BatchEnergyPool, WorkerError, _evaluate_chunk, chunk_bounds,
-                                          kT_kJ_per_mol)
+from cgflow.molecules.openmm_pool import (_LIVE_POOLS, BatchEnergyPool, WorkerError, _evaluate_chunk,
+                                          chunk_bounds, kT_kJ_per_mol)
 
 __all__ = ["DaskEnergyPool", "OpenMMContextPlugin"]
 
@@ -115,18 +113,6 @@ def _plugin_status(plugin_name: str, dask_worker=None) -> str | None:
     return plugin.error
 
 
-_LIVE_POOLS: "weakref.WeakSet[DaskEnergyPool]" = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all_pools() -> None:
-    for pool in list(_LIVE_POOLS):
-        try:
-            pool.close()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
-
-
 class DaskEnergyPool(BatchEnergyPool):
     """Energies and forces of batches from OpenMM contexts on dask workers.
 
@@ -193,40 +179,30 @@ class DaskEnergyPool(BatchEnergyPool):
     def worker_addresses(self) -> list[str]:
         return sorted(self.client.scheduler_info()["workers"])
 
-    def energies_and_forces(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """Reduced energies ``E/kT`` (B,) and reduced forces ``F/kT`` (B, N, 3) in 1/nm, in the order of x.
-
-        x: positions (B, N, 3) (or (N, 3)) in nm, any float dtype.  Bad configurations give NaN energies
-        and forces.  Raises WorkerError only when workers keep dying on the same chunk."""
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Energies (kJ/mol) and forces (kJ/mol/nm) of x (B, N, 3), the chunks as dask tasks gathered in
+        order (called by :meth:`energies_and_forces`).  Raises WorkerError only when workers keep dying on
+        the same chunk."""
         from distributed import KilledWorker
 
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim != 3 or x.shape[1:] != (self.n_particles, 3):
-            raise ValueError(f"positions must have shape (B, {self.n_particles}, 3), got {x.shape}")
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the DaskEnergyPool is closed")
-            b = x.shape[0]
-            energies, forces = np.full(b, np.nan), np.full(x.shape, np.nan)
-            chunks = chunk_bounds(b, self.n_workers, self.max_chunk)
-            call = next(self._calls)
-            futures = [self.client.submit(_evaluate_on_worker, self.plugin_name, np.ascontiguousarray(x[s:e]),
-                                          self.max_abs_coordinate, key=f"{self.plugin_name}-{call}-{i}", pure=False)
-                       for i, (s, e) in enumerate(chunks)]
-            try:
-                results = self.client.gather(futures)
-            except KilledWorker as err:
-                raise WorkerError(f"dask workers died repeatedly on the same chunk of configurations ({err})") from None
-            finally:
-                for f in futures:
-                    f.release()
-            for (s, e), (en, fo) in zip(chunks, results):
-                energies[s:e] = en
-                forces[s:e] = fo
-            self.n_evaluations += b
-        return energies / self.kT, forces / self.kT
+        b = x.shape[0]
+        energies, forces = np.full(b, np.nan), np.full(x.shape, np.nan)
+        chunks = chunk_bounds(b, self.n_workers, self.max_chunk)
+        call = next(self._calls)
+        futures = [self.client.submit(_evaluate_on_worker, self.plugin_name, x[s:e], self.max_abs_coordinate,
+                                      key=f"{self.plugin_name}-{call}-{i}", pure=False)
+                   for i, (s, e) in enumerate(chunks)]
+        try:
+            results = self.client.gather(futures)
+        except KilledWorker as err:
+            raise WorkerError(f"dask workers died repeatedly on the same chunk of configurations ({err})") from None
+        finally:
+            for f in futures:
+                f.release()
+        for (s, e), (en, fo) in zip(chunks, results):
+            energies[s:e] = en
+            forces[s:e] = fo
+        return energies, forces
 
     def close(self) -> None:
         """Remove the Contexts from the workers and disconnect (closing a LocalCluster started here)."""

@@ -173,7 +173,7 @@ class _Worker:
         return self.process.is_alive()
 
 
-_LIVE_POOLS: "weakref.WeakSet[OpenMMEnergyPool]" = weakref.WeakSet()
+_LIVE_POOLS: "weakref.WeakSet[BatchEnergyPool]" = weakref.WeakSet()  # closed at exit (also dask pools)
 
 
 @atexit.register
@@ -191,12 +191,36 @@ class BatchEnergyPool:
     Subclasses: :class:`OpenMMEnergyPool` (local processes), :class:`cgflow.distributed.dask_energy.DaskEnergyPool`."""
 
     kT: float
+    n_particles: int
+    n_evaluations: int
+    _closed: bool
+    _lock: threading.Lock
 
-    def energies_and_forces(self, x) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        """Energies (kJ/mol) (B,) and forces (kJ/mol/nm) (B, N, 3) of x (B, N, 3) nm, in order."""
         raise NotImplementedError
 
     def close(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def energies_and_forces(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """Reduced energies ``E/kT`` (B,) and reduced forces ``F/kT`` (B, N, 3) in 1/nm, in the order of x.
+
+        x: positions (B, N, 3) (or (N, 3) for one configuration) in nm, any float dtype.
+        Bad configurations give NaN energies and NaN forces; nothing raises for them.  Every configuration
+        is counted once in ``n_evaluations`` (retries of failed workers are not).
+        """
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or x.shape[1:] != (self.n_particles, 3):
+            raise ValueError(f"positions must have shape (B, {self.n_particles}, 3), got {x.shape}")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"the {type(self).__name__} is closed")
+            e, f = self._run(np.ascontiguousarray(x))
+            self.n_evaluations += x.shape[0]
+        return e / self.kT, f / self.kT
 
     # --- torch interface ------------------------------------------------------------------------
     def reduced_energy(self, x):
@@ -344,24 +368,6 @@ class OpenMMEnergyPool(BatchEnergyPool):
     # --- evaluation ---------------------------------------------------------------------------
     def _chunks(self, b: int) -> list[tuple[int, int]]:
         return chunk_bounds(b, self.n_workers, self.max_chunk)
-
-    def energies_and_forces(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """Reduced energies ``E/kT`` (B,) and reduced forces ``F/kT`` (B, N, 3) in 1/nm.
-
-        x: positions (B, N, 3) (or (N, 3) for one configuration) in nm, any float dtype.
-        Bad configurations give NaN energies and NaN forces; nothing raises for them.
-        """
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim != 3 or x.shape[1:] != (self.n_particles, 3):
-            raise ValueError(f"positions must have shape (B, {self.n_particles}, 3), got {x.shape}")
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the OpenMMEnergyPool is closed")
-            e, f = self._run(np.ascontiguousarray(x))
-            self.n_evaluations += x.shape[0]
-        return e / self.kT, f / self.kT
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         b = x.shape[0]
