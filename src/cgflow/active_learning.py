@@ -398,7 +398,9 @@ class ActiveLearningRun:
         def f(s):
             return ens32.mean_and_std(s.to(self.device, torch.float32))[0].cpu().double()
 
-        return marginal_pmfs(f, m.edges, self.system.cg_domain, m.pairs, n_points=m.n_points, seed=self.cfg.seed)
+        centres = self.dataset.points.numpy() if self.cfg.metrics.integration == "importance" else None
+        return marginal_pmfs(f, m.edges, self.system.cg_domain, m.pairs, n_points=m.n_points, seed=self.cfg.seed,
+                             periodic=self.system.cg_periodic, centres=centres)
 
     def _marginal_accuracy(self) -> dict:
         from cgflow.analysis.marginals import marginal_accuracy

@@ -197,7 +197,10 @@ class MetricsConfig(Strict):
     # indices); null: the reference's pairs, else every pair
     pairs: list[list[str | int]] | None = None
     n_bins: Annotated[int, Field(ge=4)] = 50  # marginal bins per dimension when there is no reference
-    n_integration_points: Annotated[int, Field(ge=2)] = 256  # quasi-MC points over the other coordinates
+    n_integration_points: Annotated[int, Field(ge=2)] = 256  # points over the other coordinates, per marginal
+    # sobol: quasi-MC, uniform (best for a PMF spread over the space); importance: a defensive mixture of
+    # uniform and kernels around the run's CG points (best where exp(-F) fills a small part of it, e.g. peptides)
+    integration: Literal["sobol", "importance"] = "sobol"
     grid_points: Annotated[int, Field(ge=16)] = 100_000  # full coarse grid (acquisition score, error bar)
 
 

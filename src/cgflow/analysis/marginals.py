@@ -7,7 +7,10 @@ PMF by its **2-D marginals** over pairs of CG coordinates (i, j):
 
 computed from any PMF function (e.g. the ensemble mean) at the bin centres of a 2-D grid, with the
 integral over the other d - 2 coordinates taken by quasi-Monte Carlo: two independently scrambled
-Sobol point sets over their domain, ``n_points`` in all, shared by every (a, b).  The estimate is the
+Sobol point sets over their domain, ``n_points`` in all, shared by every (a, b); or, given centres
+where the PMF is low (a run's CG points), by importance sampling from a defensive mixture of the
+uniform density and a kernel density around them (:func:`integration_points`), which needs far fewer
+points where exp(-F) fills a small part of the other coordinates' space.  The estimate is the
 log of the mean of exp(-F) over both sets; the forward KLD between the marginals from either set
 alone, divided by 4, is its stated integration error: with independent errors of variance
 sigma^2 (in F, per bin) the KLD between the two estimates is ~ sigma^2 and that of their average
@@ -87,26 +90,56 @@ def resolve_pairs(spec, names: tuple[str, ...]) -> list[tuple[int, int]]:
     return out
 
 
-def integration_points(domain, others: list[int], n_points: int, seed: int) -> list[np.ndarray]:
-    """Two independently scrambled Sobol sets (each (n_points // 2, len(others))) over the domain
-    of the coordinates ``others``; a single empty set if there are no other coordinates."""
+def integration_points(domain, others: list[int], n_points: int, seed: int, periodic=None, centres=None,
+                       bandwidth: float = 0.35, uniform_fraction: float = 0.25) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Two independent point sets over the coordinates ``others``, each ``(r (n_points // 2, len(others)),
+    log_q (n_points // 2,))``; a single empty set if there are no other coordinates.
+
+    Without ``centres``: scrambled Sobol points, uniform (log_q = 0: a constant cancels).  With
+    ``centres`` (M, d) (e.g. the CG points of the run, which sit where the PMF is low): importance
+    sampling from the defensive mixture q = u / V + (1 - u) KDE, a ``uniform_fraction`` u of Sobol points
+    and the rest drawn from Gaussians of width ``bandwidth`` around the centres (periodic coordinates
+    wrapped; a point outside a non-periodic domain has q but no integrand: log_q = +inf).  Each point is
+    weighted by 1 / q(r) (multiple importance sampling with the balance heuristic: unbiased, and the
+    weights stay below V / u)."""
     if not others:
-        return [np.zeros((1, 0))]
+        return [(np.zeros((1, 0)), np.zeros(1))]
+    from scipy.special import logsumexp
     from scipy.stats import qmc
 
     lo, hi = np.array([domain[k] for k in others], dtype=np.float64).T
+    per = np.array([bool(periodic[k]) for k in others]) if periodic is not None else np.zeros(len(others), bool)
     half = max(1, n_points // 2)
-    m = int(np.ceil(np.log2(half)))
     sets = []
     for h in range(2):
-        u = qmc.Sobol(d=len(others), scramble=True, seed=np.random.default_rng([seed, h])).random_base2(m)[:half]
-        sets.append(lo + u * (hi - lo))
+        rng = np.random.default_rng([seed, h])
+        if centres is None or len(centres) == 0:
+            m = int(np.ceil(np.log2(half)))
+            u = qmc.Sobol(d=len(others), scramble=True, seed=rng).random_base2(m)[:half]
+            sets.append((lo + u * (hi - lo), np.zeros(half)))
+            continue
+        c = np.asarray(centres, dtype=np.float64)[:, others]
+        n_u = max(1, int(round(uniform_fraction * half)))
+        m = int(np.ceil(np.log2(n_u)))
+        r_u = lo + qmc.Sobol(d=len(others), scramble=True, seed=rng).random_base2(m)[:n_u] * (hi - lo)
+        r_k = c[rng.integers(len(c), size=half - n_u)] + bandwidth * rng.standard_normal((half - n_u, len(others)))
+        r = np.concatenate([r_u, r_k])
+        width = hi - lo
+        r = np.where(per, lo + np.mod(r - lo, width), r)
+        diff = r[:, None, :] - c[None, :, :]  # (K, M, n)
+        diff = np.where(per, np.mod(diff + width / 2, width) - width / 2, diff)
+        log_kde = (logsumexp(-0.5 * np.sum(diff**2, -1) / bandwidth**2, axis=1) - np.log(len(c))
+                   - len(others) * np.log(np.sqrt(2 * np.pi) * bandwidth))
+        log_q = np.logaddexp(np.log(uniform_fraction) - np.sum(np.log(width)), np.log1p(-uniform_fraction) + log_kde)
+        outside = np.any(~per & ((r < lo) | (r > hi)), axis=1)
+        sets.append((r, np.where(outside, np.inf, log_q)))
     return sets
 
 
 @torch.no_grad()
-def _neg_log_mean_exp_neg(f_of_s, a_b: np.ndarray, rest: np.ndarray, pair, d: int, chunk: int) -> np.ndarray:
-    """-ln mean_k exp(-F(a_b[p], rest[k])) for every row p of a_b (P, 2), rest (K, d - 2)."""
+def _neg_log_mean_exp_neg(f_of_s, a_b: np.ndarray, rest: np.ndarray, pair, d: int, chunk: int,
+                          log_q: np.ndarray | None = None) -> np.ndarray:
+    """-ln mean_k exp(-F(a_b[p], rest[k]) - log_q[k]) for every row p of a_b (P, 2), rest (K, d - 2)."""
     i, j = pair
     others = [k for k in range(d) if k not in pair]
     P, K = a_b.shape[0], rest.shape[0]
@@ -121,6 +154,8 @@ def _neg_log_mean_exp_neg(f_of_s, a_b: np.ndarray, rest: np.ndarray, pair, d: in
             s[:, :, others] = rest[None]
         f = np.asarray(f_of_s(torch.as_tensor(s.reshape(-1, d), dtype=torch.float64)), dtype=np.float64)
         f = f.reshape(ab.shape[0], K)
+        if log_q is not None:
+            f = f + log_q[None, :]
         fmin = f.min(1, keepdims=True)
         out[start:start + per] = fmin[:, 0] - np.log(np.mean(np.exp(-(f - fmin)), axis=1))
     return out
@@ -143,11 +178,12 @@ class MarginalPMFs:
 
 
 def marginal_pmfs(f_of_s, edges: list[np.ndarray], domain, pairs: list[tuple[int, int]], n_points: int = 256,
-                  seed: int = 0, chunk: int = 200_000) -> MarginalPMFs:
+                  seed: int = 0, chunk: int = 200_000, periodic=None, centres=None) -> MarginalPMFs:
     """The 2-D marginals of the PMF ``f_of_s`` (a function (N, d) float64 tensor -> (N,) kT) at the bin
     centres of ``edges[i] x edges[j]`` for each pair, integrating the other coordinates over ``domain``
-    with ``n_points`` quasi-Monte Carlo points (see the module docstring).  ``chunk`` bounds the
-    points per call of ``f_of_s``."""
+    with ``n_points`` quasi-Monte Carlo points, or importance-sampled around ``centres`` (M, d) if given
+    (:func:`integration_points`; see the module docstring).  ``chunk`` bounds the points per call of
+    ``f_of_s``."""
     d = len(edges)
     pmfs, errors = [], []
     for pair in pairs:
@@ -155,8 +191,8 @@ def marginal_pmfs(f_of_s, edges: list[np.ndarray], domain, pairs: list[tuple[int
         ci, cj = (0.5 * (edges[k][1:] + edges[k][:-1]) for k in (i, j))
         ab = np.stack(np.meshgrid(ci, cj, indexing="ij"), -1).reshape(-1, 2)
         others = [k for k in range(d) if k not in pair]
-        sets = integration_points(domain, others, n_points, seed)
-        parts = [_neg_log_mean_exp_neg(f_of_s, ab, r, pair, d, chunk) for r in sets]
+        sets = integration_points(domain, others, n_points, seed, periodic, centres)
+        parts = [_neg_log_mean_exp_neg(f_of_s, ab, r, pair, d, chunk, log_q) for r, log_q in sets]
         if len(parts) == 1:
             f, err = parts[0], 0.0
         else:
