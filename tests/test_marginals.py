@@ -151,6 +151,19 @@ def test_compare_and_reference_on_marginals(tmp_path):
                        marginal_pairs=pairs, marginal_pmf_kT=exact, marginal_edges=[edges] * d)
     c = kld_curve_from_snapshots([snap], ref, "snap")
     assert c.forward_kld[0] < 1e-6
+    # a snapshot with a subset of the pairs is measured on the pairs it has; one with none is refused
+    wrong = exact.copy()
+    wrong[1] = 0.0  # a flat (0, 2) marginal
+    sub = PMFSnapshot(edges=[edges] * d, pmf_kT=np.zeros((2,) * d), evaluations=5, label="sub",
+                      marginal_pairs=[(0, 2)], marginal_pmf_kT=wrong[1:2], marginal_edges=[edges] * d)
+    c = kld_curve_from_snapshots([sub], ref, "sub")
+    assert c.forward_kld[0] == pytest.approx(kld_curve_from_snapshots(
+        [PMFSnapshot([edges] * d, np.zeros((2,) * d), 5, "x", marginal_pairs=[(0, 2), (0, 1)],
+                     marginal_pmf_kT=wrong[[1, 0]], marginal_edges=[edges] * d)],
+        ref, "x").forward_kld[0] * 2, rel=1e-5)
+    sub.marginal_pairs = [(5, 6)]
+    with pytest.raises(ValueError, match="none of the reference's CG pairs"):
+        kld_curve_from_snapshots([sub], ref, "sub")
     snap.marginal_edges = [np.linspace(-2, 2, nb + 1)] * d
     with pytest.raises(ValueError, match="not on the reference bins"):
         kld_curve_from_snapshots([snap], ref, "snap")

@@ -85,12 +85,12 @@ def _point(ref: ReferencePMF, p_model: np.ndarray, pmf_kT: np.ndarray, epsilon: 
 
 
 def _marginal_point(ref, pmfs: dict, epsilon: float) -> tuple:
-    """:func:`_point` for a marginal reference: each figure averaged over the reference's CG pairs;
-    ``pmfs`` maps a pair (i, j) to the model's 2-D marginal PMF (kT) on the reference bins."""
+    """:func:`_point` for a marginal reference: each figure averaged over the CG pairs of ``pmfs`` (a
+    dict mapping a pair (i, j) of the reference to the model's 2-D marginal PMF (kT) on the reference bins)."""
     from cgflow.system import ReferencePMF
 
     pts = []
-    for pair in ref.pairs:
+    for pair in pmfs:
         f = np.asarray(pmfs[pair], dtype=np.float64)
         with np.errstate(over="ignore"):
             p = np.where(np.isfinite(f), np.exp(-(f - np.nanmin(np.where(np.isfinite(f), f, np.nan)))), 0.0)
@@ -144,15 +144,16 @@ def _marginal_curve_from_snapshots(snapshots, ref, label, epsilon, method) -> Cu
             raise ValueError(f"{label}: snapshot '{s.label}' has no 2-D marginals, the reference is marginal")
         have = {tuple(p): f for p, f in zip(s.marginal_pairs, s.marginal_pmf_kT)}
         have.update({(j, i): f.T for (i, j), f in list(have.items())})
-        lacking = [p for p in ref.pairs if p not in have]
-        if lacking:
-            raise ValueError(f"{label}: snapshot '{s.label}' lacks the marginals of the CG pairs {lacking}")
+        common = [p for p in ref.pairs if p in have]  # the figures average over the pairs both have
+        if not common:
+            raise ValueError(f"{label}: snapshot '{s.label}' has none of the reference's CG pairs "
+                             f"({sorted(have)} vs {ref.pairs})")
         bad = [i for i in range(ref.cg_dim) if np.shape(s.marginal_edges[i]) != np.shape(ref.edges[i])
                or not np.allclose(s.marginal_edges[i], ref.edges[i])]
         if bad:
             raise ValueError(f"{label}: snapshot '{s.label}' marginals are not on the reference bins "
                              f"(CG dimension(s) {bad})")
-        pts.append(_marginal_point(ref, have, epsilon))
+        pts.append(_marginal_point(ref, {p: have[p] for p in common}, epsilon))
     return _curve(label, method, [s.evaluations for s in snaps], pts)
 
 
