@@ -116,7 +116,7 @@ def test_killed_worker_mid_batch_loses_and_double_counts_nothing(system_and_x0, 
         t.join(timeout=120)
         assert not t.is_alive()
         _assert_equal_to_local(out["e"], out["f"], e_ref, f_ref)
-        assert pool.n_evaluations == 240
+        assert pool.n_evaluations == 240  # bookkeeping only; the equality above is the real check
         # the worker was really replaced, and the new one has a Context too
         client.wait_for_workers(2, timeout=60)
         assert victim not in pool.worker_addresses and set(pool.worker_addresses) != before

@@ -76,6 +76,10 @@ def inconsistent(**kw):
     s = TorusSystem(cg_dim=2); s.cg_periodic = (True,); return s
 def periodic_domain(**kw):
     s = TorusSystem(cg_dim=1); s.cg_domain = ((0.0, 2 * np.pi),); return s
+def raises(**kw):
+    raise RuntimeError("no licence for the quantum chemistry code" + chr(10) + "second line")
+def strict(cg_dim):  # takes no other kwargs: a child config must not inherit its parent's
+    return TorusSystem(cg_dim=cg_dim, n_bins=12)
 '''
 
 
@@ -86,6 +90,7 @@ def periodic_domain(**kw):
     ("badsys:inconsistent", {}, "len(cg_periodic) = 1 but cg_dim = 2"),
     ("badsys:periodic_domain", {}, "its domain must be (-pi, pi)"),
     ("torus_system:make_system", {"colour": 3}, "unexpected keyword argument 'colour'"),
+    ("badsys:raises", {}, "failed: RuntimeError: no licence for the quantum chemistry code"),
 ])
 def test_bad_factory_one_line_error_nothing_written(tmp_path, monkeypatch, factory, kwargs, needle):
     from cgflow.config import ConfigError, validate_config
@@ -170,3 +175,30 @@ def test_four_dimensional_torus_reaches_its_exact_marginals_from_yaml(tmp_path):
     assert float(last["marginal_integration_error_kld"]) < 2e-3
     assert "mean over 6 CG pairs" in res.stdout
     assert (tmp_path / "run" / "pmf.png").is_file() and (tmp_path / "run" / "kld.png").is_file()
+
+
+def test_a_child_config_with_another_factory_does_not_inherit_the_parents_kwargs(tmp_path, monkeypatch):
+    _write(tmp_path / "badsys.py", BAD_MODULE)
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "child.yaml", yaml.safe_dump({
+        "extends": str(EXAMPLES / "torus-4d.yaml"),
+        "system": {"name": "python", "factory": "badsys:strict", "kwargs": {"cg_dim": 2}}}))
+    cfg = load_config(str(tmp_path / "child.yaml"))
+    assert cfg.system.kwargs == {"cg_dim": 2}
+    from cgflow.systems import build_system
+
+    assert build_system(cfg.system).cg_dim == 2
+    # the same factory: kwargs merge key by key
+    _write(tmp_path / "child2.yaml", yaml.safe_dump({
+        "extends": str(EXAMPLES / "torus-4d.yaml"), "system": {"name": "python", "kwargs": {"cg_dim": 3}}}))
+    assert load_config(str(tmp_path / "child2.yaml")).system.kwargs == {"cg_dim": 3, "n_bins": 30}
+    sys.modules.pop("badsys", None)
+
+
+def test_wrapped_systems_copy_and_pickle():
+    import copy
+    import pickle
+
+    w = with_defaults(TorusSystem(cg_dim=2))
+    for clone in (copy.deepcopy(w), pickle.loads(pickle.dumps(w))):
+        assert clone.cg_dim == 2 and clone.default_mc_start == (0.0, 0.0) and clone.wrapped is not w.wrapped

@@ -205,7 +205,7 @@ class ActiveLearningRun:
         if cfg is not None:
             from cgflow.config import config_differences, describe_differences
 
-            diff = config_differences(saved, cfg)
+            diff = [k for k in config_differences(saved, cfg) if k != "system.object"]  # informative only
             if diff:
                 raise rd.RunDirectoryError(f"cannot resume {self.run_dir}: the given config differs from the saved "
                                            f"one in {describe_differences(saved, cfg, diff)}")
@@ -268,6 +268,10 @@ class ActiveLearningRun:
 
     def _load_checkpoint(self) -> None:
         ck = torch.load(self.run_dir / rd.CHECKPOINT, map_location=self.device, weights_only=False)
+        saved_dim = int(ck["dataset"]["points"].shape[1])
+        if saved_dim != self.system.cg_dim:
+            raise rd.RunDirectoryError(f"cannot resume {self.run_dir}: its CG points have {saved_dim} dimension(s), "
+                                       f"the system {self.system.name!r} has cg_dim {self.system.cg_dim}")
         self.state = RunState(iteration=ck["iteration"], counter=EvaluationCounter.from_dict(ck["counter"]),
                               mc_start=ck["mc_start"], rows=ck["rows"], done=ck["done"],
                               stop_reason=ck["stop_reason"], wall_time_s=ck["wall_time_s"])
@@ -376,7 +380,10 @@ class ActiveLearningRun:
 
     def accuracy(self, mean: np.ndarray, std: np.ndarray | None = None) -> dict:
         """Forward/reverse KLD and the named PMF errors of :func:`cgflow.metrics.pmf_errors`
-        (weighted RMSE, unweighted RMSE and max error where F_ref < 10 kT, ensemble std beside them)."""
+        (weighted RMSE, unweighted RMSE and max error where F_ref < 10 kT, ensemble std beside them)
+        of ``mean`` on the evaluation grid.  For d > 2 ``mean`` and ``std`` are not used: the figures
+        are those of the 2-D marginals of the ensemble mean (:meth:`marginal_pmfs`, kept for pmf.npz
+        and the snapshot), averaged over the CG pairs."""
         if self.marginals is not None:
             return self._marginal_accuracy()
         if self.reference is None:

@@ -301,6 +301,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+# a child config's system section that changes one of these describes another system: it replaces the
+# parent's system section instead of merging into it (so e.g. a new factory does not inherit the old kwargs)
+SYSTEM_SOURCE_KEYS = ("name", "factory", "preset", "sequence", "prmtop", "pdb")
 BASE_SECTIONS = ("system", "flow", "by_example", "by_energy", "labels", "ensemble", "acquisition")
 MODE_SECTIONS = {"active_learning": ("sampler", "stopping"), "grid": ("grid",)}
 EXTENDS_HINT = "start it with `extends: mb` (a preset name or a YAML path) and list only the keys to change"
@@ -361,7 +364,8 @@ def read_config_source(preset_or_path: str, _seen: tuple = (), _relative_to: Pat
 
     A file with ``extends: NAME`` (a preset, or a YAML path relative to the file) starts from that
     config and overrides only the keys it lists (sections merge key by key; a ``system`` section
-    with another ``name`` replaces the parent's); chains are allowed.
+    naming another system, i.e. another value of a key in :data:`SYSTEM_SOURCE_KEYS`, replaces the
+    parent's); chains are allowed.
     A file without ``extends`` must list every section of the method (ConfigError naming the missing
     ones), and an empty file is an error: nothing silently falls back to built-in defaults.
     """
@@ -375,9 +379,10 @@ def read_config_source(preset_or_path: str, _seen: tuple = (), _relative_to: Pat
         if not isinstance(parent, str) or not parent.strip():
             raise ConfigError(f"{name}: extends must be a preset name or a YAML path, got {parent!r}")
         base = read_config_source(parent.strip(), _seen + (ident,), path.parent if path is not None else None)
-        sys_over = data.get("system")
-        if isinstance(sys_over, dict) and "name" in sys_over and sys_over["name"] != base.get("system", {}).get("name"):
-            base = {**base, "system": {}}  # another kind of system replaces the parent's system section
+        sys_over, sys_base = data.get("system"), base.get("system", {})
+        if isinstance(sys_over, dict) and isinstance(sys_base, dict) and any(
+                k in sys_over and sys_over[k] != sys_base.get(k) for k in SYSTEM_SOURCE_KEYS):
+            base = {**base, "system": {}}  # another system (kind or source) replaces the parent's system section
         return deep_merge(base, data)
     missing = missing_sections(data)
     if missing:

@@ -159,7 +159,10 @@ def check_system(obj, where: str = "system") -> None:
         v = tuple(getattr(obj, a))
         if len(v) != n:
             raise SystemProtocolError(f"{where}: len({a}) = {len(v)} but {a[:2]}_dim = {n}")
-    dom = tuple(tuple(float(x) for x in lohi) for lohi in obj.cg_domain)
+    try:
+        dom = tuple(tuple(float(x) for x in lohi) for lohi in obj.cg_domain)
+    except (TypeError, ValueError):
+        dom = ()
     if len(dom) != d or any(len(lohi) != 2 for lohi in dom):
         raise SystemProtocolError(f"{where}: cg_domain must be {d} (low, high) pair(s), got {obj.cg_domain!r}")
     for i, ((lo, hi), per) in enumerate(zip(dom, obj.cg_periodic)):
@@ -184,7 +187,9 @@ class SystemWithDefaults:
         object.__setattr__(self, "wrapped", system)
 
     def __getattr__(self, name):
-        return getattr(self.wrapped, name)
+        if name == "wrapped" or name.startswith("__"):  # not yet set (copy, unpickling) or a protocol of its own
+            raise AttributeError(name)
+        return getattr(self.__dict__["wrapped"], name)
 
     def __setattr__(self, name, value):
         setattr(self.wrapped, name, value)

@@ -12,8 +12,8 @@ where the PMF is low (a run's CG points), by importance sampling from a defensiv
 uniform density and a kernel density around them (:func:`integration_points`), which needs far fewer
 points where exp(-F) fills a small part of the other coordinates' space.  The estimate is the
 log of the mean of exp(-F) over both sets; the forward KLD between the marginals from either set
-alone, divided by 4, is its stated integration error: with independent errors of variance
-sigma^2 (in F, per bin) the KLD between the two estimates is ~ sigma^2 and that of their average
+alone (symmetrized: the mean of both directions), divided by 4, is its stated integration error:
+with independent errors of variance sigma^2 (in F, per bin) the KLD between the two estimates is ~ sigma^2 and that of their average
 against the truth ~ sigma^2 / 4.  Tests check the marginals against exact ones.
 
 Conventions: F in kT, angles in radians; ``pairs`` are index pairs (i < j is not required; the
@@ -130,7 +130,9 @@ def integration_points(domain, others: list[int], n_points: int, seed: int, peri
         diff = np.where(per, np.mod(diff + width / 2, width) - width / 2, diff)
         log_kde = (logsumexp(-0.5 * np.sum(diff**2, -1) / bandwidth**2, axis=1) - np.log(len(c))
                    - len(others) * np.log(np.sqrt(2 * np.pi) * bandwidth))
-        log_q = np.logaddexp(np.log(uniform_fraction) - np.sum(np.log(width)), np.log1p(-uniform_fraction) + log_kde)
+        u = n_u / half  # the fraction actually drawn uniformly (balance heuristic: exactly unbiased)
+        log_q = np.logaddexp(np.log(u) - np.sum(np.log(width)), np.log1p(-u) + log_kde) if u < 1 else \
+            np.full(half, -np.sum(np.log(width)))
         outside = np.any(~per & ((r < lo) | (r > hi)), axis=1)
         sets.append((r, np.where(outside, np.inf, log_q)))
     return sets

@@ -94,6 +94,9 @@ def reference_from_run(run_dir, out, n_bins: int = 100, discard_steps: int = 0) 
         lo, hi = info["cg_domain"][0]
         edges = np.linspace(lo, hi, n_bins + 1)
         d = len(info["cg_domain"])
+        if d > 2:
+            raise ValueError(f"{run_dir}: references from umbrella runs need d <= 2 CG dimensions (this one has {d}); "
+                             f"use an MD run for 2-D marginals")
         with np.load(run_dir / SAMPLES) as z:
             n = z["cg"].shape[0]
         p = umbrella_probabilities(run_dir, [edges] * d)
@@ -109,7 +112,7 @@ def reference_from_run(run_dir, out, n_bins: int = 100, discard_steps: int = 0) 
                 "occupied_bins": int((p > 0).sum())}
     else:
         raise ValueError(f"{run_dir} is neither an MD run (md.json) nor an umbrella run (umbrella.json)")
-    marginal = p.ndim == 3 and len(info.get("cg_domain", [])) > 2
+    marginal = len(info.get("cg_domain", [])) > 2  # MD only (umbrella refuses d > 2 above)
     floor = (float(np.mean([_halves_kld(a, b) for a, b in zip(p1, p2)])) if marginal else _halves_kld(p1, p2))
     meta.update(noise_floor_forward_kld=floor, noise_floor_note=(
         "forward KLD between the estimates from the two halves of the data (empty bins floored at "

@@ -109,6 +109,7 @@ def connect(scheduler, n_workers: int | None = None, *, timeout_s: float = 30.0,
         dask.config.set({"distributed.worker.daemon": False})
     if isinstance(scheduler, ClusterSpec):
         cls = _import_class(scheduler.cls)
+        cluster = None
         try:
             cluster = cls(**scheduler.options)
             if scheduler.n_workers is not None:
@@ -117,6 +118,11 @@ def connect(scheduler, n_workers: int | None = None, *, timeout_s: float = 30.0,
         except SchedulerError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure of a third-party cluster class
+            if cluster is not None:  # e.g. a SLURMCluster whose jobs are submitted: cancel them
+                try:
+                    cluster.close()
+                except Exception:  # noqa: BLE001
+                    pass
             raise SchedulerError(f"cannot start the cluster {scheduler.cls}: {type(err).__name__}: "
                                  f"{str(err).splitlines()[0] if str(err) else ''}") from None
         return Connection(client, cluster, description=f"{scheduler.cls} at {cluster.scheduler_address}")

@@ -81,8 +81,10 @@ def build_python_system(cfg: PythonSystemConfig, device="cpu"):
         raise SystemFactoryError(f"system.factory {cfg.factory!r}: {attr} is not callable")
     try:
         obj = make(**cfg.kwargs)
-    except TypeError as err:
-        raise SystemFactoryError(f"system.factory {cfg.factory!r} with kwargs {cfg.kwargs}: {err}") from None
+    except Exception as err:  # the user's code: one line, whatever it raised
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise SystemFactoryError(f"system.factory {cfg.factory!r} with kwargs {cfg.kwargs} failed: "
+                                 f"{type(err).__name__}: {first}") from None
     try:
         return with_defaults(obj, where=f"system.factory {cfg.factory!r} returned {type(obj).__name__}, which")
     except SystemProtocolError as err:
