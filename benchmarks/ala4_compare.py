@@ -92,7 +92,12 @@ def main() -> None:
         cells = [first_below(sel, lv) for lv in levels]
         lines.append(f"| {m} | {run} | " + " | ".join(f"{c:.3g}" if c else "not reached" for c in cells)
                      + f" | {sel[-1]['forward_kld']:.3g} | {sel[-1]['evaluations']:.3g} |")
-    info = {"reference": ref_b.description, "pairs": pairs, "n_bins": len(edges[0]) - 1,
+    # beside it, against all R replicas (the reference then shares half A's data: MD's figure is optimistic)
+    with np.errstate(divide="ignore"):
+        md_vs_all = _marginal_point(ref_all, {p: -np.log(h) for p, h in zip(pairs, marg(half_a))}, args.epsilon)[0]
+    al_vs_all = {run.name: kld_curve_from_snapshots(read_history(run), ref_all, str(run), args.epsilon).forward_kld[-1]
+                 for run in args.runs}
+    info = {"md_half_a_vs_all": md_vs_all, "al_final_vs_all": al_vs_all, "reference": ref_b.description, "pairs": pairs, "n_bins": len(edges[0]) - 1,
             "noise_floor_half_a_vs_half_b": floor, "md_replicas": R, "md_frames_per_replica": F,
             "md_steps_total": int(z["n_md_steps"]), "md_wall_s": float(z["wall_s"])}
     (args.out / "ala4-compare.md").write_text(
