@@ -104,8 +104,12 @@ def iteration_warnings(run, fit: dict, labels: dict, pmf_kT: np.ndarray) -> list
     if "ess" in labels:
         out.append(label_ess_warning(_numpy(labels["ess"])))
     system = run.system
+    radius = run.cfg.acquisition.spread_radius
+    if getattr(run, "marginals", None) is not None:  # d > 2: a coarse grid; its bin centres lie up to half a
+        widths = [e[1] - e[0] for e in run.edges]     # bin diagonal away from data inside the bin
+        radius = max(radius, 0.5 * float(np.sqrt(np.sum(np.square(widths)))))
     out.append(minimum_without_data_warning(pmf_kT, _numpy(run.grid), _numpy(labels["points"]), system.cg_periodic,
-                                            system.cg_domain, run.cfg.acquisition.spread_radius))
+                                            system.cg_domain, radius))
     return [w.replace(";", ",") for w in out if w]  # "; " separates warnings in metrics.csv
 
 
