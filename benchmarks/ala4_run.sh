@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ala4 active learning against plain MD on 2-D marginals (docs/results.md), one core, one thread each.
-#   b-explore: the `ala4` preset as shipped;
+#   b-explore: the `ala4` preset as shipped (seed 0; seed 1: --seed 1, compared into seed1-compare/);
 #   a-aldp-fast-settings: the same with aldp-fast's exploration (128 space-filling seeds, 20 ps start MD,
 #     acquisition beta 1), stopped after 9 iterations in the measured run (it had stalled).
 # Needs the reference MD: benchmarks/ala4_reference_md.py --out benchmarks/results/ala4-reference (~70 min).
