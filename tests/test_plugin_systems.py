@@ -56,6 +56,10 @@ def test_python_object_route_runs_and_resumes(tmp_path, monkeypatch):
     # the CLI cannot rebuild an object-made system: a one-line error naming the Python route
     res = cgflow("run", "--resume", "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert res.returncode != 0 and "resume=True, system=obj" in res.stderr.strip().splitlines()[-1]
+    from cgflow.run_directory import RunDirectoryError
+
+    with pytest.raises(RunDirectoryError, match="CG points have 2 dimension"):  # another object than the run's
+        ActiveLearningRun(None, tmp_path / "run", resume=True, system=TorusSystem(cg_dim=3, n_bins=12))
     run2 = ActiveLearningRun(None, tmp_path / "run", resume=True, system=TorusSystem(cg_dim=2, n_bins=20))
     assert run2.state.iteration == 2
     run2.run()
