@@ -21,8 +21,9 @@ import numpy as np
 
 def histograms(dih: np.ndarray, pairs, edges: np.ndarray) -> np.ndarray:
     """(K, n_bins, n_bins) normalized 2-D histograms of ``dih`` (n_samples, d) for each (i, j) pair."""
-    out = [np.histogram2d(dih[:, i], dih[:, j], bins=[edges, edges])[0] for i, j in pairs]
-    return np.stack([h / h.sum() for h in out])
+    from cgflow.analysis.marginals import histogram_marginals
+
+    return np.stack(histogram_marginals(dih, [edges] * dih.shape[1], pairs))
 
 
 def forward_kld(p: np.ndarray, q: np.ndarray, floor: float = 1e-8) -> float:
