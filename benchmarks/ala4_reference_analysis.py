@@ -1,7 +1,7 @@
 """Marginal reference file, noise floor and plot from the ala4 reference MD (benchmarks/ala4_reference_md.py).
 
 Reads ``<dir>/ala4-reference.npz`` (dihedrals (n_replicas, n_frames, 6)) and writes
-    <dir>/ala4-marginals.npz   a marginal reference file (cgflow.reference_file, ``system.reference`` of a run):
+    <dir>/ala4-marginals.npz   a marginal reference file (cgflow.pmf.reference_file, ``system.reference`` of a run):
                                the 2-D histograms of all 15 CG pairs, ``--bins`` per dimension over [-pi, pi)
     <dir>/marginals.png        -ln p of the 5 neighbouring pairs (phi_i, psi_i) and (psi_i, phi_i+1)
     <dir>/analysis.json        noise floor (forward KLD sum P ln(P/Q) per pair: half of the replicas against the
@@ -89,7 +89,7 @@ def main() -> None:
     }
     (d / "analysis.json").write_text(json.dumps(info, indent=2) + "\n")
 
-    from cgflow.reference_file import save_marginal_reference
+    from cgflow.pmf.reference_file import save_marginal_reference
 
     meta = {"description": (f"ala4 (ACE-(ALA)3-NME, ff14SB, OBC1, 300 K): 2-D marginals of plain Langevin MD, "
                             f"{n_rep} replicas x {n_frames} frames ({info['production_ns_total']:.1f} ns), "

@@ -1,6 +1,6 @@
 """Reference MD for the ``ala4`` preset: plain Langevin MD of ACE-(ALA)3-NME, many independent replicas.
 
-The molecule is built exactly as ``cgflow run ala4`` builds it (cgflow.molecules.peptide_builder: tleap,
+The molecule is built exactly as ``cgflow run ala4`` builds it (cgflow.systems.molecules.peptide_builder: tleap,
 ff14SB, mbondi2 radii; OpenMM ``AmberPrmtopFile.createSystem(implicitSolvent=OBC1, nonbondedMethod=NoCutoff,
 constraints=None)``), energy-minimized with cgflow's minimizer.  Every replica gets its own seed, is
 equilibrated (``--equil-ps``, discarded) and then runs LangevinMiddle dynamics (default 2 fs, friction 1/ps,
@@ -94,10 +94,10 @@ def main() -> None:
     import openmm.app as app
     import openmm.unit as unit
 
-    from cgflow.molecules.internal_coordinates import find_dihedral
-    from cgflow.molecules.molecule_system import parse_cg_spec
-    from cgflow.molecules.peptide_builder import build_peptide
-    from cgflow.molecules.starting_data import minimize_positions, openmm_seed
+    from cgflow.systems.molecules.ic.internal_coordinates import find_dihedral
+    from cgflow.systems.molecules.molecule_system import parse_cg_spec
+    from cgflow.systems.molecules.peptide_builder import build_peptide
+    from cgflow.systems.molecules.starting_data import minimize_positions, openmm_seed
 
     out = Path(args.out)
     npz_path, json_path = out / "ala4-reference.npz", out / "ala4-reference.json"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgflow.run_directory import read_metrics_csv
+from cgflow.core.run_directory import read_metrics_csv
 
 BASINS = {
     "C7eq/beta": lambda phi, psi: (phi <= -45) & ((psi >= 90) | (psi <= -150)),

@@ -3,8 +3,8 @@
 Alanine dipeptide (OBC1), energies + forces on the OpenMM CPU platform (Threads=1), the same number of
 worker processes for both backends:
 
-* ``local``: :class:`cgflow.molecules.openmm_pool.OpenMMEnergyPool` (pipes to pinned worker processes);
-* ``dask``: :class:`cgflow.distributed.dask_energy.DaskEnergyPool` on a LocalCluster of single-thread
+* ``local``: :class:`cgflow.systems.molecules.energy.openmm_pool.OpenMMEnergyPool` (pipes to pinned worker processes);
+* ``dask``: :class:`cgflow.systems.molecules.energy.dask_pool.DaskEnergyPool` on a LocalCluster of single-thread
   worker processes (one OpenMM Context per worker, the chunks as dask tasks, TCP through the scheduler),
   with the local pool's chunk size (256) and with its own default (1024).
 
@@ -30,8 +30,8 @@ sys.path.insert(0, str(HERE))
 from bench_energy import build_system, configurations  # noqa: E402
 from machine import describe_machine  # noqa: E402
 
-from cgflow.distributed.dask_energy import DaskEnergyPool  # noqa: E402
-from cgflow.molecules.openmm_pool import OpenMMEnergyPool  # noqa: E402
+from cgflow.systems.molecules.energy.dask_pool import DaskEnergyPool  # noqa: E402
+from cgflow.systems.molecules.energy.openmm_pool import OpenMMEnergyPool  # noqa: E402
 
 T = 300.0
 

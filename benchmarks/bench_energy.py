@@ -1,12 +1,12 @@
 """Energy + force throughput for alanine dipeptide (OBC1): TorchEnergy vs plain OpenMM.
 
 Backends:
-* ``torch``: :class:`cgflow.molecules.torch_energy.TorchEnergy` on CPU (float64, float32) and, if
+* ``torch``: :class:`cgflow.systems.molecules.energy.torch_energy.TorchEnergy` on CPU (float64, float32) and, if
   ``torch.cuda.is_available()``, on CUDA: eager, ``torch.compile`` and ``torch.compile`` with CUDA
   graphs (``mode="reduce-overhead"``), each only if it works.
 * ``openmm-1ctx``: one OpenMM CPU-platform Context with Threads=1 evaluating the configurations one
   by one (setPositions + getState(energy, forces)).
-* ``openmm-pool``: :class:`cgflow.molecules.openmm_pool.OpenMMEnergyPool`, worker processes (default
+* ``openmm-pool``: :class:`cgflow.systems.molecules.energy.openmm_pool.OpenMMEnergyPool`, worker processes (default
   2) each with one CPU-platform Context (Threads=1) pinned to its own core; the batch is split into
   chunks over the workers (includes the inter-process transfer of positions, energies and forces).
 
@@ -38,8 +38,8 @@ try:
 except ImportError:  # not installed: run from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cgflow.molecules.openmm_pool import OpenMMEnergyPool  # noqa: E402
-from cgflow.molecules.torch_energy import TorchEnergy  # noqa: E402
+from cgflow.systems.molecules.energy.openmm_pool import OpenMMEnergyPool  # noqa: E402
+from cgflow.systems.molecules.energy.torch_energy import TorchEnergy  # noqa: E402
 
 
 def _data(name: str) -> str:

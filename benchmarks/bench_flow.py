@@ -43,7 +43,7 @@ try:
 except ImportError:  # not installed: run from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cgflow.features import CGFeatures  # noqa: E402
+from cgflow.core.features import CGFeatures  # noqa: E402
 from cgflow.flows.spline import ConditionalSplineFlow  # noqa: E402
 
 ALANINE_FG_DIM = 58
@@ -60,7 +60,7 @@ from machine import cpu_model  # noqa: E402
 
 def alanine_target(device: str):
     """(log_target(s, x_flow), fg_periodic, description) for alanine dipeptide on ``device``."""
-    from cgflow.molecules.molecule_system import alanine_dipeptide
+    from cgflow.systems.molecules.molecule_system import alanine_dipeptide
 
     system = alanine_dipeptide(energy_backend="torch", device=device, progress=False, use_cache=True)
 

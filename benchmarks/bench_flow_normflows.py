@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_flow import ALANINE_FG_DIM, quadratic_target, random_s  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
-from cgflow.features import CGFeatures  # noqa: E402
+from cgflow.core.features import CGFeatures  # noqa: E402
 from cgflow.flows.spline import ConditionalSplineFlow  # noqa: E402
 
 TAIL_BOUND = 5.0  # ConditionalSplineFlow's default for non-circular dims

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cgflow.baselines.md import MDRun, MDSettings
-from cgflow.molecules.molecule_system import alanine_dipeptide
+from cgflow.systems.molecules.molecule_system import alanine_dipeptide
 from machine import describe_machine
 
 

@@ -115,7 +115,7 @@ def main() -> None:
     a = ap.parse_args()
     from machine import describe_machine
 
-    from cgflow.molecules.molecule_system import alanine_dipeptide
+    from cgflow.systems.molecules.molecule_system import alanine_dipeptide
 
     view = alanine_dipeptide(progress=False).simulation_view()
     runners, tmp = make_runners(view, a.snapshot_every)

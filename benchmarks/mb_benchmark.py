@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe_machine  # noqa: E402
 
-from cgflow.run_directory import read_metrics_csv  # noqa: E402
+from cgflow.core.run_directory import read_metrics_csv  # noqa: E402
 
 
 def main() -> None:

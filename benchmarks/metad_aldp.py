@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from cgflow.baselines.metadynamics import MetadynamicsRun, MetadynamicsSettings, default_settings
-from cgflow.metrics import forward_kld, probabilities_from_pmf
-from cgflow.pmf_history import read_history
-from cgflow.reference_file import load_reference
+from cgflow.analysis.metrics import forward_kld, probabilities_from_pmf
+from cgflow.pmf.history import read_history
+from cgflow.pmf.reference_file import load_reference
 
 SYSTEM = "alanine-dipeptide"
 REFERENCE = Path(__file__).resolve().parents[1] / "src/cgflow/data/alanine-dipeptide/reference-pmf.npz"
@@ -43,7 +43,7 @@ def run_metad_seeds(out_dir, seeds=(0, 1, 2), n_steps: int = 3_500_000, cpu_core
                     snapshot_every_steps: int = 50_000, progress: bool = False, **overrides) -> list[Path]:
     """Run tuned WT-metaD once per seed, one after the other, into ``out_dir/seed-{s}``; returns the
     run directories.  ``cpu_core`` pins each run (single-threaded) to that core."""
-    from cgflow.molecules.molecule_system import alanine_dipeptide
+    from cgflow.systems.molecules.molecule_system import alanine_dipeptide
 
     view = alanine_dipeptide(progress=False).simulation_view()
     out = []

@@ -6,7 +6,7 @@ Use it from YAML (run from this directory, or put it on PYTHONPATH)::
 
 or from Python::
 
-    from cgflow.active_learning import ActiveLearningRun
+    from cgflow.learning.run import ActiveLearningRun
     run = ActiveLearningRun(cfg, "runs/torus", system=TorusSystem(cg_dim=4))
 
 The model.  CG coordinates s in [-pi, pi)^d, d = 1..4 (periodic, radians, like backbone dihedrals); two FG
@@ -36,8 +36,8 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from cgflow.analysis.marginals import MarginalReferencePMF
-from cgflow.system import ReferencePMF, StartingData
+from cgflow.core.system import MarginalReferencePMF
+from cgflow.core.system import ReferencePMF, StartingData
 
 A, B, C, D = 1.4, 0.7, 0.9, 0.6
 C_SHIFT = (0.0, 1.0, -2.0, 2.5, -1.0, 0.5)

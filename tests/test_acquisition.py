@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from cgflow.acquisition import farthest_point_selection, periodic_difference, spread_uniform_ball
+from cgflow.sampling.acquisition import farthest_point_selection, periodic_difference, spread_uniform_ball
 
 
 def test_farthest_point_selection_spreads_out():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cgflow.active_learning import ActiveLearningRun
+from cgflow.learning.run import ActiveLearningRun
 from cgflow.config import load_config
 
 REDUCED = ["progress=false", "system.md_ps=5", "flow.n_blocks=2", "flow.hidden=[32]", "by_example.epochs=30",

@@ -16,7 +16,7 @@ import torch
 from cgflow.baselines.md import MDRun, MDSettings, read_cg_trajectory
 from cgflow.baselines.metadynamics import MetadynamicsRun, MetadynamicsSettings
 from cgflow.baselines.reference import reference_from_exact, reference_from_run
-from cgflow.baselines.simulation_view import SimulationView
+from cgflow.core.simulation_view import SimulationView
 from cgflow.baselines.umbrella import (
     UmbrellaRun,
     UmbrellaSettings,
@@ -24,10 +24,10 @@ from cgflow.baselines.umbrella import (
     restraint_kT,
     window_centers,
 )
-from cgflow.metrics import forward_kld, pmf_rmse, probabilities_from_pmf
-from cgflow.pmf_history import read_history
-from cgflow.reference_file import ReferenceFileError, load_reference, save_reference
-from cgflow.run_directory import RunDirectoryError
+from cgflow.analysis.metrics import forward_kld, pmf_rmse, probabilities_from_pmf
+from cgflow.pmf.history import read_history
+from cgflow.pmf.reference_file import ReferenceFileError, load_reference, save_reference
+from cgflow.core.run_directory import RunDirectoryError
 from cgflow.systems.muller_brown import MullerBrownSystem, muller_brown_potential
 
 
@@ -79,7 +79,7 @@ def test_mb_copies_do_not_interact(mb_view):
 
 @pytest.mark.slow
 def test_aldp_view_cg_forces_and_energy():
-    from cgflow.molecules.molecule_system import alanine_dipeptide
+    from cgflow.systems.molecules.molecule_system import alanine_dipeptide
 
     ala = alanine_dipeptide(progress=False, use_cache=False)
     v = ala.simulation_view()

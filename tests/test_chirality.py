@@ -1,4 +1,4 @@
-"""Tests for cgflow.molecules.chirality (chiral centres from the bond graph, batched check)."""
+"""Tests for cgflow.systems.molecules.ic.chirality (chiral centres from the bond graph, batched check)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import openmm.app as app
 import pytest
 import torch
 
-from cgflow.molecules.chirality import ChiralityCheck, find_chiral_centers, signed_volumes
-from cgflow.molecules.molecule_system import package_data_file
-from cgflow.molecules.starting_data import md_starting_data
+from cgflow.systems.molecules.ic.chirality import ChiralityCheck, find_chiral_centers, signed_volumes
+from cgflow.systems.molecules.molecule_system import package_data_file
+from cgflow.systems.molecules.starting_data import md_starting_data
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import yaml
 
-from cgflow.compare import (Curve, crossing_table, evaluations_to_reach, kld_curve_from_md,
+from cgflow.analysis.compare import (Curve, crossing_table, evaluations_to_reach, kld_curve_from_md,
                             kld_curve_from_snapshots, load_curves, run_compare, table_markdown)
-from cgflow.pmf_history import PMFSnapshot, save_snapshot
-from cgflow.reference_file import load_reference, save_reference
-from cgflow.system import ReferencePMF
+from cgflow.pmf.history import PMFSnapshot, save_snapshot
+from cgflow.pmf.reference_file import load_reference, save_reference
+from cgflow.core.system import ReferencePMF
 
 
 def _curve(evals, kld, label="m", method=""):
@@ -206,7 +206,7 @@ def test_run_compare_writes_files_and_refuses_existing_out_dir(tmp_path):
 
 def test_al_run_without_history_gives_its_final_pmf(tmp_path):
     """Runs made before pmf_history/ existed: pmf.npz + the last evals_total of metrics.csv."""
-    from cgflow.run_directory import atomic_savez, write_metrics_csv
+    from cgflow.core.run_directory import atomic_savez, write_metrics_csv
 
     ref = _ref_1d()
     d = tmp_path / "old_al"
@@ -219,7 +219,7 @@ def test_al_run_without_history_gives_its_final_pmf(tmp_path):
 
 
 def test_stays_below_uses_the_last_crossing():
-    from cgflow.compare import evaluations_to_stay_below
+    from cgflow.analysis.compare import evaluations_to_stay_below
 
     c = _curve([10, 100, 1000, 10000], [1.0, 1e-3, 1.0, 1e-2])
     # first crossing of 0.1 between 10 and 100; it stays below only after the 1000 -> 10000 crossing

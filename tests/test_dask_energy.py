@@ -1,4 +1,4 @@
-"""The "dask" energy backend (cgflow.distributed.dask_energy) on a LocalCluster of 2 single-thread worker
+"""The "dask" energy backend (cgflow.systems.molecules.energy.dask_pool) on a LocalCluster of 2 single-thread worker
 processes: equal to the local OpenMM pool, in order, NaN-safe, surviving a worker killed mid-batch with every
 evaluation counted once; the config route and clear errors for a bad scheduler."""
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from cgflow.distributed.cluster import SchedulerError
-from cgflow.distributed.dask_energy import DaskEnergyPool
-from cgflow.molecules.energy import make_energy_backend
-from cgflow.molecules.openmm_pool import OpenMMEnergyPool
+from cgflow.systems.molecules.energy.dask_pool import DaskEnergyPool
+from cgflow.systems.molecules.energy.backend import make_energy_backend
+from cgflow.systems.molecules.energy.openmm_pool import OpenMMEnergyPool
 from test_openmm_pool import system_and_x0  # noqa: F401  (fixture: the alanine dipeptide System and its pdb positions)
 
 T = 300.0
@@ -126,7 +126,7 @@ def test_killed_worker_mid_batch_loses_and_double_counts_nothing(system_and_x0, 
 
 
 def test_config_route_with_a_scheduler_address(client, local_reference):
-    from cgflow.systems.molecule_config import MoleculeConfig, build_molecule_system
+    from cgflow.systems.molecules.config import MoleculeConfig, build_molecule_system
 
     cfg = MoleculeConfig(preset="alanine-dipeptide", execution={"scheduler": client.scheduler.address, "n_workers": 2})
     assert cfg.energy_backend == "dask"  # execution alone selects the backend

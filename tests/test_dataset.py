@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from cgflow.dataset import ALDataset
+from cgflow.learning.dataset import ALDataset
 
 
 def test_epoch_composition_rule():

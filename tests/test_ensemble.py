@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cgflow.ensemble import PMFEnsemble
-from cgflow.features import CGFeatures
+from cgflow.pmf.ensemble import PMFEnsemble
+from cgflow.core.features import CGFeatures
 
 
 def test_mean_and_unbiased_std_match_members():
@@ -98,7 +98,7 @@ def test_patience_stops_a_converged_fit_early():
 
 
 def test_stable_membership_keeps_each_points_models():
-    from cgflow.ensemble import _hash_uniform
+    from cgflow.pmf.ensemble import _hash_uniform
 
     keys = np.arange(1000, dtype=np.uint64)
     u0, u1 = _hash_uniform(keys, 0), _hash_uniform(keys, 1)

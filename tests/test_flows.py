@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 
-from cgflow.features import CGFeatures
+from cgflow.core.features import CGFeatures
 from cgflow.flows import ConditionalAffineFlow
 from cgflow.flows.spline import ConditionalSplineFlow
 

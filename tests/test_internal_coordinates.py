@@ -1,4 +1,4 @@
-"""Tests for cgflow.molecules.internal_coordinates (Z-matrix from a bond graph, exact log-det)."""
+"""Tests for cgflow.systems.molecules.ic.internal_coordinates (Z-matrix from a bond graph, exact log-det)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ except ImportError:  # running from a checkout without an installed package
 
 import mdtraj as md
 
-from cgflow.molecules.internal_coordinates import (
+from cgflow.systems.molecules.ic.internal_coordinates import (
     InternalCoordinateTransform,
     build_zmatrix,
     canonical_frame,

@@ -4,11 +4,11 @@ Müller-Brown PMF (quadrature), where the answers are known by construction."""
 import numpy as np
 import pytest
 
-from cgflow.compare import kld_curve_from_snapshots, load_curves
+from cgflow.analysis.compare import kld_curve_from_snapshots, load_curves
 from cgflow.config import load_config
-from cgflow.metrics import LOW_FREE_ENERGY_KT, pmf_errors, pmf_rmse, reference_pmf_kT
-from cgflow.pmf_history import PMFSnapshot
-from cgflow.reporters import _fmt_row, accuracy_lines
+from cgflow.analysis.metrics import LOW_FREE_ENERGY_KT, pmf_errors, pmf_rmse, reference_pmf_kT
+from cgflow.pmf.history import PMFSnapshot
+from cgflow.learning.reporters import _fmt_row, accuracy_lines
 from cgflow.systems import build_system
 
 
@@ -96,7 +96,7 @@ def test_console_and_summary_name_each_figure():
 
 
 def test_run_metrics_have_the_named_columns(tmp_path):
-    from cgflow.active_learning import ActiveLearningRun
+    from cgflow.learning.run import ActiveLearningRun
 
     cfg = load_config("mb", ["progress=false", "by_example.epochs=5", "by_energy.epochs_first=2",
                              "ensemble.epochs=30", "stopping.max_iterations=1"])
@@ -106,6 +106,6 @@ def test_run_metrics_have_the_named_columns(tmp_path):
               "ensemble_std_mean_kT", "ensemble_std_at_max_error_kT", "warnings"):
         assert k in row, k
     assert row["pmf_max_abs_error_kT"] >= row["pmf_rmse_unweighted_kT"] > 0
-    from cgflow.plotting import plot_run
+    from cgflow.analysis.plotting import plot_run
 
     assert [p.name for p in plot_run(tmp_path / "r")] == ["pmf.png", "kld.png"]

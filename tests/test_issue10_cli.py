@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cgflow.cli import preset_description
-from cgflow.cli_baselines import _system_key
+from cgflow.cli.run import preset_description
+from cgflow.cli.baselines import _system_key
 from cgflow.config import preset_names, preset_text
-from cgflow.run_directory import atomic_write_text
-from cgflow.threads import DEFAULT_THREADS, THREAD_ENV_VARS, choose_threads
+from cgflow.core.run_directory import atomic_write_text
+from cgflow.core.threads import DEFAULT_THREADS, THREAD_ENV_VARS, choose_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "by_example.epochs=2", "--set", "by_energy.epochs_first=1", "--set", "ensemble.epochs=10",

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from cgflow import run_directory as rd
-from cgflow.active_learning import ActiveLearningRun
+from cgflow.core import run_directory as rd
+from cgflow.learning.run import ActiveLearningRun
 from cgflow.config import dump_config, load_config
 
 SMALL = ["progress=false", "by_example.epochs=5", "by_energy.epochs_first=2", "by_energy.epochs_later=1",
@@ -113,7 +113,7 @@ def test_md_resume_with_fewer_steps_is_an_error_and_more_extends(tmp_path):
 
 
 def test_extension_rules(tmp_path):
-    from cgflow.resume import apply_extension, check_extension
+    from cgflow.learning.resume import apply_extension, check_extension
 
     cfg = load_config("mb", SMALL)
     run = ActiveLearningRun(cfg, tmp_path / "r")

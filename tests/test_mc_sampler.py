@@ -1,6 +1,6 @@
 import torch
 
-from cgflow.mc_sampler import find_high_error_points
+from cgflow.sampling.mc import find_high_error_points
 
 
 def synthetic(s):

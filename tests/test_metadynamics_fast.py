@@ -22,14 +22,14 @@ from cgflow.baselines.metadynamics import (
     WellTemperedBias,
     default_settings,
 )
-from cgflow.pmf_history import read_history
+from cgflow.pmf.history import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def aldp_view():
-    from cgflow.molecules.molecule_system import alanine_dipeptide
+    from cgflow.systems.molecules.molecule_system import alanine_dipeptide
 
     return alanine_dipeptide(progress=False).simulation_view()
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from cgflow.metrics import bin_centers_grid, forward_kld, pmf_rmse, probabilities_from_pmf, reverse_kld
+from cgflow.analysis.metrics import bin_centers_grid, forward_kld, pmf_rmse, probabilities_from_pmf, reverse_kld
 
 
 def test_kld_of_identical_distributions_is_zero():

@@ -1,4 +1,4 @@
-"""Tests for cgflow.molecules.molecule_system (MoleculeSystem), starting data and MoleculeConfig."""
+"""Tests for cgflow.systems.molecules.molecule_system (MoleculeSystem), starting data and MoleculeConfig."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from cgflow.molecules import starting_data as sdmod
-from cgflow.molecules.molecule_system import (
+from cgflow.systems.molecules import starting_data as sdmod
+from cgflow.systems.molecules.molecule_system import (
     MoleculeSystem,
     alanine_dipeptide,
     from_amber,
     from_pdb_and_forcefield,
     package_data_file,
 )
-from cgflow.system import ReferencePMF, System
-from cgflow.systems.molecule_config import MoleculeConfig, build_molecule_system
+from cgflow.core.system import ReferencePMF, System
+from cgflow.systems.molecules.config import MoleculeConfig, build_molecule_system
 
 MD_PS = 0.5
 

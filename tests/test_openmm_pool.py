@@ -1,4 +1,4 @@
-"""Tests for cgflow.molecules.openmm_pool (OpenMM worker pool) and the shared energy interface."""
+"""Tests for cgflow.systems.molecules.energy.openmm_pool (OpenMM worker pool) and the shared energy interface."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import openmm.unit as unit
 import pytest
 import torch
 
-from cgflow.molecules.energy import EnergyBackend, make_energy_backend
-from cgflow.molecules.molecule_system import package_data_file
-from cgflow.molecules.openmm_pool import OpenMMEnergyPool, reduced_energy_torch
+from cgflow.systems.molecules.energy.backend import EnergyBackend, make_energy_backend
+from cgflow.systems.molecules.molecule_system import package_data_file
+from cgflow.systems.molecules.energy.openmm_pool import OpenMMEnergyPool, reduced_energy_torch
 
 T = 300.0
 

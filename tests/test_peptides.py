@@ -1,4 +1,4 @@
-"""Peptides from a sequence (cgflow.molecules.peptide_builder, from_sequence, MoleculeConfig.sequence):
+"""Peptides from a sequence (cgflow.systems.molecules.peptide_builder, from_sequence, MoleculeConfig.sequence):
 tleap builds ACE-(ALA)3-NME; cgflow's energies agree with OpenMM on the same files; CG dihedrals by name and
 residue equal mdtraj's; bad input gives clear errors."""
 
@@ -20,9 +20,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from cgflow.molecules import peptide_builder as pb
-from cgflow.molecules.molecule_system import from_sequence
-from cgflow.systems.molecule_config import MoleculeConfig, build_molecule_system
+from cgflow.systems.molecules import peptide_builder as pb
+from cgflow.systems.molecules.molecule_system import from_sequence
+from cgflow.systems.molecules.config import MoleculeConfig, build_molecule_system
 
 SEQ = "ACE ALA ALA ALA NME"
 CG6 = ["phi:1", "psi:1", "phi:2", "psi:2", "phi:3", "psi:3"]  # mdtraj residue index: ACE = 0

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from cgflow.active_learning import ActiveLearningRun
+from cgflow.learning.run import ActiveLearningRun
 from cgflow.config import load_config
-from cgflow.system import SystemProtocolError, with_defaults
+from cgflow.core.system import SystemProtocolError, with_defaults
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -56,7 +56,7 @@ def test_python_object_route_runs_and_resumes(tmp_path, monkeypatch):
     # the CLI cannot rebuild an object-made system: a one-line error naming the Python route
     res = cgflow("run", "--resume", "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert res.returncode != 0 and "resume=True, system=obj" in res.stderr.strip().splitlines()[-1]
-    from cgflow.run_directory import RunDirectoryError
+    from cgflow.core.run_directory import RunDirectoryError
 
     with pytest.raises(RunDirectoryError, match="CG points have 2 dimension"):  # another object than the run's
         ActiveLearningRun(None, tmp_path / "run", resume=True, system=TorusSystem(cg_dim=3, n_bins=12))
@@ -155,7 +155,7 @@ def test_cg_spaces_of_one_and_three_dimensions_run(tmp_path, monkeypatch, cg_dim
         assert {"forward_kld[s1|s2]", "forward_kld[s1|s3]", "forward_kld[s2|s3]"} <= set(rows[-1])
         with np.load(tmp_path / "run" / "pmf.npz") as z:
             assert z["marginal_pmf_kT"].shape == (3, 16, 16) and z["marginal_reference_prob"].shape == (3, 16, 16)
-    from cgflow.plotting import plot_run
+    from cgflow.analysis.plotting import plot_run
 
     assert all(p.is_file() for p in plot_run(tmp_path / "run"))
 

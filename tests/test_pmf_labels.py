@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cgflow.pmf_labels import clip_top_k, pmf_from_log_weights
+from cgflow.pmf.labels import clip_top_k, pmf_from_log_weights
 
 
 def gaussian_log_weights(mu_p, sig_p, mu_q, sig_q, n, amplitude):

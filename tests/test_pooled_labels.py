@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cgflow.pmf.pooled_labels import clip_top_k_segments, iteration_weights, pooled_labels
-from cgflow.pmf_labels import clip_top_k
+from cgflow.pmf.labels import clip_top_k
 
 K_SPRING, B_COUPLING = 2.0, 0.7
 

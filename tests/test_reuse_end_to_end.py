@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cgflow import run_directory as rd
-from cgflow.active_learning import ActiveLearningRun
+from cgflow.core import run_directory as rd
+from cgflow.learning.run import ActiveLearningRun
 from cgflow.config import load_config
 from cgflow.systems.muller_brown import exact_pmf
 from test_end_to_end import Interrupt, KillAfter

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cgflow.features import CGFeatures
+from cgflow.core.features import CGFeatures
 from cgflow.flows.spline import ConditionalSplineFlow, rq_spline
 
 PERIODIC = (True, False, True, False, False, True, False)

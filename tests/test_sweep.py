@@ -1,4 +1,4 @@
-"""`cgflow sweep` (cgflow.distributed.sweep): 2 tiny Müller-Brown configs x 2 seeds on a 2-worker LocalCluster
+"""`cgflow sweep` (cgflow.learning.sweep): 2 tiny Müller-Brown configs x 2 seeds on a 2-worker LocalCluster
 (started through the shipped SLURM example's `cluster: {class: ...}` route), killed with kill -9 mid-sweep,
 restarted (unfinished runs resume, finished ones are skipped) and equal to the same runs made one by one;
 bad specs stop with a one-line error before anything is written."""
@@ -19,10 +19,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from cgflow import run_directory as rd
+from cgflow.core import run_directory as rd
 from cgflow.cli import app
-from cgflow.distributed.sweep import expand_sweep, load_sweep_spec
-from cgflow.resume import open_run
+from cgflow.learning.sweep import expand_sweep, load_sweep_spec
+from cgflow.learning.resume import open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "slurm-sweep.yaml"

@@ -24,7 +24,7 @@ try:
 except ImportError:  # not installed: run from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cgflow.molecules.torch_energy import (  # noqa: E402
+from cgflow.systems.molecules.energy.torch_energy import (  # noqa: E402
     MOLAR_GAS_CONSTANT_KJ,
     ONE_4PI_EPS0,
     TorchEnergy,

@@ -2,11 +2,11 @@ import time
 
 import torch
 
-from cgflow.evaluation_counter import EvaluationCounter
-from cgflow.features import CGFeatures
+from cgflow.core.evaluation_counter import EvaluationCounter
+from cgflow.core.features import CGFeatures
 from cgflow.flows import ConditionalAffineFlow
 from cgflow.systems.muller_brown import MullerBrownSystem
-from cgflow.training import EnergyTimer, reverse_kl_losses
+from cgflow.learning.training import EnergyTimer, reverse_kl_losses
 
 
 class EveryOtherRejected(MullerBrownSystem):

@@ -28,35 +28,9 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from cgflow.metrics import forward_kld, probabilities_from_pmf, reverse_kld
+from cgflow.core.system import MarginalReferencePMF
 
-
-@dataclass
-class MarginalReferencePMF:
-    """Reference 2-D marginals of a d-dimensional CG space.
-
-    Attributes:
-        pairs: the CG index pairs (i, j).
-        edges: bin edges per CG dimension (d arrays, each (n_bins + 1,)).
-        probs: per pair, normalized bin probabilities (n_bins_i, n_bins_j).
-        cg_dim: d.
-    """
-
-    pairs: list[tuple[int, int]]
-    edges: list[np.ndarray]
-    probs: list[np.ndarray]
-    cg_dim: int
-    description: str = ""
-    meta: dict = field(default_factory=dict)
-
-    def prob_of(self, pair: tuple[int, int]) -> np.ndarray:
-        i, j = pair
-        for (a, b), p in zip(self.pairs, self.probs):
-            if (a, b) == (i, j):
-                return p
-            if (a, b) == (j, i):
-                return p.T
-        raise KeyError(f"the reference has no marginal of the CG pair {pair}")
+from cgflow.analysis.metrics import forward_kld, probabilities_from_pmf, reverse_kld
 
 
 def resolve_pairs(spec, names: tuple[str, ...]) -> list[tuple[int, int]]:
@@ -214,9 +188,9 @@ def pair_label(names, pair) -> str:
 def marginal_accuracy(ref: MarginalReferencePMF, marg: MarginalPMFs, names) -> dict:
     """Forward and reverse KLD (nats) of each marginal against the reference: ``forward_kld`` is
     their **mean over the pairs**, ``forward_kld_max_pair`` the largest, ``forward_kld[a|b]`` each
-    one; the named PMF errors of :func:`cgflow.metrics.pmf_errors` averaged over the pairs; and
+    one; the named PMF errors of :func:`cgflow.analysis.metrics.pmf_errors` averaged over the pairs; and
     ``marginal_integration_error_kld`` (the mean stated integration error)."""
-    from cgflow.metrics import pmf_errors
+    from cgflow.analysis.metrics import pmf_errors
 
     out, fk, rk, errs = {}, [], [], []
     for pair, f in zip(marg.pairs, marg.pmf_kT):
@@ -245,7 +219,7 @@ def histogram_marginals(samples: np.ndarray, edges: list[np.ndarray], pairs) -> 
 
 
 def marginals_of_reference(ref, pairs) -> MarginalReferencePMF:
-    """The 2-D marginals of a full-grid :class:`cgflow.system.ReferencePMF` (summing its bin
+    """The 2-D marginals of a full-grid :class:`cgflow.core.system.ReferencePMF` (summing its bin
     probabilities over the other coordinates)."""
     d = ref.prob.ndim
     probs = []

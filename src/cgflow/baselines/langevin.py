@@ -38,7 +38,7 @@ class BatchedLangevin:
 
     def __init__(self, reduced_energy: Callable[[Tensor], Tensor], masses_amu, temperature_K: float,
                  timestep_fs: float, friction_per_ps: float, generator: torch.Generator, device="cpu"):
-        from cgflow.baselines.simulation_view import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K
+        from cgflow.core.units import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K
 
         self.reduced_energy = reduced_energy
         self.kT = MOLAR_GAS_CONSTANT_KJ_PER_MOL_K * temperature_K

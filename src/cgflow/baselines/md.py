@@ -31,8 +31,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cgflow.baselines.langevin import BatchedLangevin, LangevinState
-from cgflow.baselines.simulation_view import SimulationView
-from cgflow.run_directory import RunDirectoryError, _atomic_write, atomic_torch_save, atomic_write_text
+from cgflow.core.simulation_view import SimulationView
+from cgflow.core.run_directory import RunDirectoryError, _atomic_write, atomic_torch_save, atomic_write_text
 
 MD_JSON = "md.json"
 TRAJ_DIR = "cg_trajectory"
@@ -57,7 +57,7 @@ class MDSettings(BaseModel):
 
 
 def _openmm_seed(seed: int, stream: str) -> int:
-    from cgflow.molecules.starting_data import openmm_seed
+    from cgflow.core.seeds import openmm_seed
 
     return openmm_seed(seed, stream)
 

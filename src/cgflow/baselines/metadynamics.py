@@ -22,12 +22,15 @@ from functools import reduce
 from pathlib import Path
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.interpolate import RegularGridInterpolator
 
-from cgflow.baselines.simulation_view import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K, SimulationView
-from cgflow.pmf_history import save_snapshot
-from cgflow.run_directory import RunDirectoryError, atomic_write_text
+from cgflow.core.geometry import compute_dihedrals
+from cgflow.core.simulation_view import SimulationView
+from cgflow.core.units import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K
+from cgflow.pmf.history import save_snapshot
+from cgflow.core.run_directory import RunDirectoryError, atomic_write_text
 
 METAD_JSON = "metad.json"
 
@@ -124,7 +127,8 @@ class WellTemperedBias:
             return np.asarray(self.force.getCollectiveVariableValues(context), dtype=float)
         x = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
         x = np.asarray(x)
-        return np.array([_dihedral(*(x[i] for i in t)) for t in self._torsions])
+        p = torch.from_numpy(x[np.asarray(self._torsions)])  # (n_torsions, 4, 3) nm
+        return compute_dihedrals(p[:, 0], p[:, 1], p[:, 2], p[:, 3]).numpy()
 
     def bias_energy_kJ(self, context) -> float:
         import openmm.unit as unit
@@ -178,14 +182,6 @@ class WellTemperedBias:
         import openmm.unit as unit
 
         return -((self.temperature_K + self.delta_T) / self.delta_T) * self._total_bias * unit.kilojoules_per_mole
-
-
-def _dihedral(p0, p1, p2, p3) -> float:
-    b0, b1, b2 = p0 - p1, p2 - p1, p3 - p2
-    b1n = b1 / np.linalg.norm(b1)
-    v = b0 - np.dot(b0, b1n) * b1n
-    w = b2 - np.dot(b2, b1n) * b1n
-    return float(np.arctan2(np.dot(np.cross(b1n, v), w), np.dot(v, w)))
 
 
 #: Settings that ``cgflow metad`` uses when not given: per system name, else GENERIC_DEFAULTS.
@@ -281,7 +277,7 @@ class MetadynamicsRun:
         import openmm.unit as unit
         from tqdm.auto import tqdm
 
-        from cgflow.molecules.starting_data import openmm_seed
+        from cgflow.core.seeds import openmm_seed
 
         st, v = self.settings, self.view
         t_setup = time.perf_counter()

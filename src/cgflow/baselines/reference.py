@@ -18,8 +18,8 @@ import numpy as np
 from itertools import combinations
 
 from cgflow.analysis.marginals import histogram_marginals
-from cgflow.metrics import forward_kld
-from cgflow.reference_file import save_marginal_reference, save_reference
+from cgflow.analysis.metrics import forward_kld
+from cgflow.pmf.reference_file import save_marginal_reference, save_reference
 
 HALVES_EPSILON = 1e-10
 

@@ -25,10 +25,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cgflow.baselines.langevin import BatchedLangevin
-from cgflow.baselines.simulation_view import SimulationView
-from cgflow.pmf_history import save_snapshot
-from cgflow.run_directory import RunDirectoryError, atomic_savez, atomic_write_text
-from cgflow.system import wrap_angle
+from cgflow.core.simulation_view import SimulationView
+from cgflow.pmf.history import save_snapshot
+from cgflow.core.run_directory import RunDirectoryError, atomic_savez, atomic_write_text
+from cgflow.core.geometry import wrap_angle
 
 UMBRELLA_JSON = "umbrella.json"
 SAMPLES = "samples.npz"

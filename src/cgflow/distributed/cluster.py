@@ -39,7 +39,7 @@ def default_n_workers() -> int:
     """One worker per core this process may use."""
     import os
 
-    from cgflow.molecules.openmm_pool import allowed_cores
+    from cgflow.core.threads import allowed_cores
 
     return max(1, len(allowed_cores()) or (os.cpu_count() or 1))
 

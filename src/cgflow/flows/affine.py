@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cgflow.features import CGFeatures
+from cgflow.core.features import CGFeatures
 from cgflow.flows.base import ConditionalFlow
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}

@@ -36,15 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cgflow.features import CGFeatures
+from cgflow.core.features import CGFeatures
+from cgflow.core.geometry import wrap_angle
 from cgflow.flows.base import ConditionalFlow
 
 TWO_PI = 2.0 * math.pi
-
-
-def wrap_angle(x: torch.Tensor) -> torch.Tensor:
-    """Wrap to [-pi, pi) (derivative 1)."""
-    return x - TWO_PI * torch.floor((x + math.pi) / TWO_PI)
 
 
 def _derivative_bias(min_derivative: float) -> float:

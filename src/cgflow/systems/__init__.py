@@ -1,4 +1,4 @@
-"""Systems that plug into the core through :class:`cgflow.system.System`."""
+"""Systems that plug into the core through :class:`cgflow.core.system.System`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from cgflow.systems.muller_brown import MullerBrownSystem
 def build_system(cfg, device="cpu"):
     """Make the System described by a validated system config (``RunConfig.system``)."""
     if cfg.name == "molecule":
-        from cgflow.systems.molecule_config import build_molecule_system
+        from cgflow.systems.molecules.config import build_molecule_system
         return build_molecule_system(cfg, device=device)
     if cfg.name == "python":
         from cgflow.systems.python_factory import build_python_system

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy import integrate
 
-from cgflow.system import ReferencePMF, StartingData
+from cgflow.core.system import ReferencePMF, StartingData
 
 A = (-200.0, -100.0, -170.0, 15.0)
 a = (-1.0, -1.0, -6.5, 0.7)
@@ -128,7 +128,8 @@ class MullerBrownSystem:
         import openmm
         import openmm.app as app
 
-        from cgflow.baselines.simulation_view import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K, SimulationView
+        from cgflow.core.simulation_view import SimulationView
+        from cgflow.core.units import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K
 
         kT = MOLAR_GAS_CONSTANT_KJ_PER_MOL_K * temperature_K
         terms = "+".join(f"({Ai})*exp(({ai})*(x-({xi}))^2+({bi})*(x-({xi}))*(y-({yi}))+({ci})*(y-({yi}))^2)"

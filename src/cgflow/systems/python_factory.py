@@ -1,7 +1,7 @@
 """Plug-in systems from Python code: ``system: {name: python, factory: "module:callable", kwargs: {...}}``.
 
 The module is imported from the working directory or ``PYTHONPATH``; ``callable(**kwargs)`` must
-return an object implementing :class:`cgflow.system.System` (see docs/systems.md).  Problems are
+return an object implementing :class:`cgflow.core.system.System` (see docs/systems.md).  Problems are
 reported in one line (:class:`SystemFactoryError`) before anything is written.
 
 A run started from Python with ``ActiveLearningRun(cfg, run_dir, system=obj)`` records
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cgflow.system import SystemProtocolError, with_defaults
+from cgflow.core.system import SystemProtocolError, with_defaults
 
 __all__ = ["PythonSystemConfig", "SystemFactoryError", "build_python_system"]
 
@@ -60,7 +60,7 @@ def _import(module: str):
 
 def build_python_system(cfg: PythonSystemConfig, device="cpu"):
     """Import and call the factory; return the checked system with its defaults
-    (:func:`cgflow.system.with_defaults`).  The factory chooses its own device (``device`` is unused)."""
+    (:func:`cgflow.core.system.with_defaults`).  The factory chooses its own device (``device`` is unused)."""
     if cfg.factory is None:
         raise SystemFactoryError(f"this run's system was given as a Python object ({cfg.object or 'unknown class'}), "
                                  f"not a factory: resume it from Python with ActiveLearningRun(None, run_dir, "

@@ -1,0 +1,60 @@
+"""What every `cgflow` command shares: the one typer ``app``, one-line failures, the --threads option."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="PMFs in coarse-grained coordinates from conditional normalizing flows and active learning.")
+
+
+@app.callback()
+def _main() -> None:
+    """PMFs in coarse-grained coordinates from conditional normalizing flows and active learning."""
+    if not sys.stderr.isatty():
+        quiet_progress_bars()
+
+
+def quiet_progress_bars() -> None:
+    """Output that is not a terminal (a log file, a pipe, CI) gets no progress bars: their redraws would
+    flood it.  The one line per iteration (and the summary) still comes.  Must run before the modules
+    that draw bars are imported (the commands import them lazily)."""
+    import tqdm.auto
+
+    base = tqdm.auto.tqdm
+    if getattr(base, "_cgflow_quiet", False):
+        return
+
+    class QuietTqdm(base):
+        _cgflow_quiet = True
+
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    tqdm.auto.tqdm = QuietTqdm
+
+
+def fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+THREADS_HELP = ("torch CPU threads of this process (default: 1, or OMP_NUM_THREADS when set; "
+                "see docs/benchmarks.md).")
+
+
+def threads_option():
+    return typer.Option(None, "--threads", min=1, help=THREADS_HELP)
+
+
+def set_threads(n: Optional[int]) -> int:
+    from cgflow.core.threads import apply_threads
+
+    return apply_threads(n)
+
+

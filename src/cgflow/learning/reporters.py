@@ -1,0 +1,119 @@
+"""Reporters print progress; they are observers and never change what a run computes."""
+
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+from cgflow.analysis.metrics import LOW_FREE_ENERGY_KT
+
+
+def _fmt_row(row: dict) -> str:
+    parts = [f"iteration {row['iteration']}", f"evals {row['evals_total']:,}",
+             f"CG points {row['n_points_total']}"]
+    if "forward_kld" in row:
+        parts.append(f"forward KLD {row['forward_kld']:.3g}")
+    if "pmf_rmse_weighted_kT" in row:
+        parts.append(f"PMF RMSE weighted {row['pmf_rmse_weighted_kT']:.3f} kT")
+    if "pmf_rmse_unweighted_kT" in row:
+        parts.append(f"unweighted {row['pmf_rmse_unweighted_kT']:.3f} kT")
+    if "pmf_max_abs_error_kT" in row:
+        std = row.get("ensemble_std_at_max_error_kT")
+        parts.append(f"max err {row['pmf_max_abs_error_kT']:.2f} kT" +
+                     (f" (std there {std:.2f})" if std is not None else ""))
+    if "boltzmann_std_kT" in row and "boltzmann_std_heldout_kT" in row:
+        parts.append(f"error bar {row['boltzmann_std_kT']:.3f}-{row['boltzmann_std_heldout_kT']:.3f} kT")
+    parts.append(f"{row['wall_time_s']:.1f} s")
+    return " | ".join(parts)
+
+
+def error_bar_lines(row: dict) -> list[str]:
+    """The run's own error bar (no reference needed): the Boltzmann-weighted ensemble std and the same
+    scaled by the held-out calibration factor.  On alanine dipeptide the actual Boltzmann-weighted error
+    lay between the two in every iteration of three seeds (docs/results.md)."""
+    if "boltzmann_std_kT" not in row:
+        return []
+    line = f"error bar (no reference used): Boltzmann-weighted ensemble std {row['boltzmann_std_kT']:.3f} kT"
+    if "boltzmann_std_heldout_kT" in row:
+        line += (f" (tends low) to {row['boltzmann_std_heldout_kT']:.3f} kT (held-out-scaled, tends high); "
+                 f"see docs/results.md")
+    if "boltzmann_abs_err_kT" in row:
+        line += f"; actual Boltzmann-weighted error {row['boltzmann_abs_err_kT']:.3f} kT"
+    return [line]
+
+
+def accuracy_lines(row: dict) -> list[str]:
+    """The final accuracy figures, each named: what it averages over and how."""
+    if "forward_kld" not in row:
+        return []
+    if "forward_kld_max_pair" in row:  # d > 2: 2-D marginals
+        pairs = {k[len("forward_kld["):-1]: v for k, v in row.items() if k.startswith("forward_kld[")}
+        worst = max(pairs, key=pairs.get) if pairs else "?"
+        lines = [f"final forward KLD: {row['forward_kld']:.3g} (nats, mean over {len(pairs)} CG pairs of the 2-D marginal "
+                 f"KLDs; worst {worst} {row['forward_kld_max_pair']:.3g}; integration error "
+                 f"~{row.get('marginal_integration_error_kld', float('nan')):.2g})"]
+    else:
+        lines = [f"final forward KLD: {row['forward_kld']:.3g} (nats, KL(p_ref || p_model) on the reference bins)"]
+    if "forward_kld_max_pair" in row and "pmf_rmse_weighted_kT" in row:
+        lines.append("PMF errors below: means over the CG pairs' 2-D marginals")
+    if "pmf_rmse_weighted_kT" in row:
+        lines.append(f"PMF RMSE weighted by the reference probability: {row['pmf_rmse_weighted_kT']:.3f} kT")
+    if "pmf_rmse_unweighted_kT" in row:
+        lines.append(f"PMF error where F_ref < {LOW_FREE_ENERGY_KT:g} kT (every bin alike, best shift): "
+                     f"RMSE {row['pmf_rmse_unweighted_kT']:.3f} kT, largest {row['pmf_max_abs_error_kT']:.3f} kT")
+    if "ensemble_std_mean_kT" in row:
+        lines.append(f"ensemble std there: mean {row['ensemble_std_mean_kT']:.3f} kT, "
+                     f"{row['ensemble_std_at_max_error_kT']:.3f} kT at the largest error")
+    return lines
+
+
+def run_warnings(rows: list[dict]) -> list[tuple[int, str]]:
+    """(iteration, warning) for every warning recorded in the metrics rows (column ``warnings``,
+    '; '-separated), in order."""
+    out = []
+    for r in rows:
+        for w in str(r.get("warnings") or "").split("; "):
+            if w.strip():
+                out.append((r.get("iteration"), w.strip()))
+    return out
+
+
+def warning_lines(rows: list[dict], limit: int = 8) -> list[str]:
+    """The summary's warning section (empty without warnings)."""
+    warns = run_warnings(rows)
+    if not warns:
+        return []
+    last_it = rows[-1].get("iteration") if rows else None
+    last = sum(1 for it, _ in warns if it == last_it)
+    lines = [f"warnings: {len(warns)} in {len({it for it, _ in warns})} iteration(s), "
+             f"{last or 'none'} in the last one (metrics.csv, column 'warnings'):"]
+    lines += [f"  - iteration {it}: {w}" for it, w in warns[-limit:]]
+    if len(warns) > limit:
+        lines.append(f"  ({len(warns) - limit} earlier ones in metrics.csv)")
+    return lines
+
+
+class ConsoleReporter:
+    """One line per iteration (plus its warnings) and a summary at the end."""
+
+    def on_iteration(self, run, row) -> None:
+        tqdm.write(_fmt_row(row))
+        for w in str(row.get("warnings") or "").split("; "):
+            if w.strip():
+                tqdm.write(f"warning: {w.strip()}")
+
+    def on_finish(self, run) -> None:
+        st = run.state
+        c = st.counter
+        last = st.rows[-1] if st.rows else {}
+        lines = [f"finished: {st.stop_reason}"]
+        lines += accuracy_lines(last)
+        lines += error_bar_lines(last)
+        lines.append(f"energy evaluations: {c.total:,} in all = {c.training:,} training (drawn {c.drawn:,}, "
+                     f"rejected by filter {c.rejected:,}, non-finite {c.nonfinite:,}) + {c.diagnostics:,} "
+                     f"diagnostics + {c.starting_data:,} starting data")
+        lines.append(f"wall time: {st.wall_time_s:.1f} s over {len(st.rows)} iterations")
+        lines += warning_lines(st.rows)
+        names = [n for n in ("metrics.csv", "pmf.npz", "pmf.png", "kld.png", "checkpoint.pt")
+                 if (run.run_dir / n).is_file()]
+        lines.append(f"outputs: {run.run_dir}/ ({', '.join(names)})")
+        tqdm.write("\n".join(lines))

@@ -1,0 +1,55 @@
+"""Choosing and spreading new CG points (method spec 2.10)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cgflow.core.geometry import wrap_angle, wrap_periodic
+
+
+def periodic_difference(a: torch.Tensor, b: torch.Tensor, periodic: tuple[bool, ...]) -> torch.Tensor:
+    """a - b with periodic dims taken as the shortest signed angle; broadcasting shapes (..., d)."""
+    diff = a - b
+    mask = torch.tensor(periodic, device=diff.device)
+    return torch.where(mask, wrap_angle(diff), diff)
+
+
+def farthest_point_selection(points: torch.Tensor, n: int, periodic: tuple[bool, ...],
+                             rng: np.random.Generator) -> torch.Tensor:
+    """Greedy farthest-point sampling: a random first point, then repeatedly the point with the
+    largest minimum (periodic-aware Euclidean) distance to those selected.
+
+    Args:
+        points: (P, d).  n: how many to keep (<= P).
+    Returns:
+        (n,) indices into points.
+    """
+    P = points.shape[0]
+    if n >= P:
+        return torch.arange(P)
+    chosen = [int(rng.integers(P))]
+    dmin = periodic_difference(points, points[chosen[0]], periodic).norm(dim=1)
+    for _ in range(n - 1):
+        nxt = int(torch.argmax(dmin))
+        chosen.append(nxt)
+        dmin = torch.minimum(dmin, periodic_difference(points, points[nxt], periodic).norm(dim=1))
+    return torch.tensor(chosen)
+
+
+def spread_uniform_ball(centers: torch.Tensor, n_per_center: int, radius: float, periodic: tuple[bool, ...],
+                        rng: np.random.Generator) -> torch.Tensor:
+    """Replace each center by n_per_center points uniform in the d-ball of the given radius
+    around it (1-D: an interval, 2-D: a disc); periodic dims wrapped.
+
+    Args:
+        centers: (C, d).
+    Returns:
+        (C * n_per_center, d), grouped by center.
+    """
+    C, d = centers.shape
+    direction = rng.standard_normal((C, n_per_center, d))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    r = radius * rng.random((C, n_per_center, 1)) ** (1.0 / d)
+    pts = centers[:, None, :].cpu().numpy() + r * direction
+    return wrap_periodic(torch.as_tensor(pts.reshape(C * n_per_center, d), dtype=centers.dtype), periodic)
