@@ -28,10 +28,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cgflow.analysis.marginals import histogram_marginals  # noqa: E402
-from cgflow.core.system import MarginalReferencePMF  # noqa: E402
 from cgflow.analysis.compare import _marginal_point, kld_curve_from_snapshots  # noqa: E402
+from cgflow.analysis.marginals import histogram_marginals  # noqa: E402
 from cgflow.analysis.metrics import forward_kld, probabilities_from_pmf, reference_pmf_kT  # noqa: E402
+from cgflow.core.system import MarginalReferencePMF  # noqa: E402
 from cgflow.pmf.history import read_history  # noqa: E402
 
 

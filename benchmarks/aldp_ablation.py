@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from aldp_efficiency import REFERENCE, snapshot_curve, value_at  # noqa: E402
 from machine import describe_machine  # noqa: E402
 
-from cgflow.pmf.reference_file import load_reference  # noqa: E402
 from cgflow.core.run_directory import read_metrics_csv  # noqa: E402
+from cgflow.pmf.reference_file import load_reference  # noqa: E402
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "aldp-fast (all levers)": ("all", []),

@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe_machine  # noqa: E402
 
 from cgflow.analysis.metrics import forward_kld, probabilities_from_pmf  # noqa: E402
-from cgflow.systems.molecules.molecule_system import package_data_file  # noqa: E402
+from cgflow.core.run_directory import read_metrics_csv  # noqa: E402
 from cgflow.pmf.history import read_history  # noqa: E402
 from cgflow.pmf.reference_file import load_reference  # noqa: E402
-from cgflow.core.run_directory import read_metrics_csv  # noqa: E402
+from cgflow.systems.molecules.molecule_system import package_data_file  # noqa: E402
 
 REFERENCE = package_data_file("alanine-dipeptide", "reference-pmf.npz")
 BUDGETS = (1e5, 1.5e5, 2.5e5, 5e5, 1e6, 1.5e6, 2e6, 3e6)

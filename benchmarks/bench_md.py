@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import torch
+from machine import describe_machine
 
 from cgflow.baselines.md import MDRun, MDSettings
 from cgflow.systems.molecules.molecule_system import alanine_dipeptide
-from machine import describe_machine
 
 
 def rate(view, engine: str, replicas: int, steps: int, device: str) -> float:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cgflow.baselines.metadynamics import MetadynamicsRun, MetadynamicsSettings, default_settings
 from cgflow.analysis.metrics import forward_kld, probabilities_from_pmf
+from cgflow.baselines.metadynamics import MetadynamicsRun, MetadynamicsSettings, default_settings
 from cgflow.pmf.history import read_history
 from cgflow.pmf.reference_file import load_reference
 

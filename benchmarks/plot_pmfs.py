@@ -15,8 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cgflow.baselines.md import read_cg_trajectory  # noqa: E402
 from cgflow.analysis.compare import _final_snapshot_of_run, _run_label  # noqa: E402
+from cgflow.baselines.md import read_cg_trajectory  # noqa: E402
 from cgflow.pmf.history import read_history  # noqa: E402
 from cgflow.pmf.reference_file import load_reference  # noqa: E402
 

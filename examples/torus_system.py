@@ -36,8 +36,7 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from cgflow.core.system import MarginalReferencePMF
-from cgflow.core.system import ReferencePMF, StartingData
+from cgflow.core.system import MarginalReferencePMF, ReferencePMF, StartingData
 
 A, B, C, D = 1.4, 0.7, 0.9, 0.6
 C_SHIFT = (0.0, 1.0, -2.0, 2.5, -1.0, 0.5)

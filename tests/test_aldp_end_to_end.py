@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cgflow.learning.run import ActiveLearningRun
 from cgflow.config import load_config
+from cgflow.learning.run import ActiveLearningRun
 
 REDUCED = ["progress=false", "system.md_ps=5", "flow.n_blocks=2", "flow.hidden=[32]", "by_example.epochs=30",
            "by_energy.copies_per_point=5", "by_energy.epochs_first=3", "by_energy.epochs_later=2",

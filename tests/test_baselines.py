@@ -13,10 +13,10 @@ import openmm.unit as unit
 import pytest
 import torch
 
+from cgflow.analysis.metrics import forward_kld, pmf_rmse, probabilities_from_pmf
 from cgflow.baselines.md import MDRun, MDSettings, read_cg_trajectory
 from cgflow.baselines.metadynamics import MetadynamicsRun, MetadynamicsSettings
 from cgflow.baselines.reference import reference_from_exact, reference_from_run
-from cgflow.core.simulation_view import SimulationView
 from cgflow.baselines.umbrella import (
     UmbrellaRun,
     UmbrellaSettings,
@@ -24,10 +24,10 @@ from cgflow.baselines.umbrella import (
     restraint_kT,
     window_centers,
 )
-from cgflow.analysis.metrics import forward_kld, pmf_rmse, probabilities_from_pmf
+from cgflow.core.run_directory import RunDirectoryError
+from cgflow.core.simulation_view import SimulationView
 from cgflow.pmf.history import read_history
 from cgflow.pmf.reference_file import ReferenceFileError, load_reference, save_reference
-from cgflow.core.run_directory import RunDirectoryError
 from cgflow.systems.muller_brown import MullerBrownSystem, muller_brown_potential
 
 

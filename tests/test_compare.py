@@ -5,11 +5,19 @@ import numpy as np
 import pytest
 import yaml
 
-from cgflow.analysis.compare import (Curve, crossing_table, evaluations_to_reach, kld_curve_from_md,
-                            kld_curve_from_snapshots, load_curves, run_compare, table_markdown)
+from cgflow.analysis.compare import (
+    Curve,
+    crossing_table,
+    evaluations_to_reach,
+    kld_curve_from_md,
+    kld_curve_from_snapshots,
+    load_curves,
+    run_compare,
+    table_markdown,
+)
+from cgflow.core.system import ReferencePMF
 from cgflow.pmf.history import PMFSnapshot, save_snapshot
 from cgflow.pmf.reference_file import load_reference, save_reference
-from cgflow.core.system import ReferencePMF
 
 
 def _curve(evals, kld, label="m", method=""):

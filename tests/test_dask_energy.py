@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cgflow.distributed.cluster import SchedulerError
-from cgflow.systems.molecules.energy.dask_pool import DaskEnergyPool
 from cgflow.systems.molecules.energy.backend import make_energy_backend
+from cgflow.systems.molecules.energy.dask_pool import DaskEnergyPool
 from cgflow.systems.molecules.energy.openmm_pool import OpenMMEnergyPool
 from test_openmm_pool import system_and_x0  # noqa: F401  (fixture: the alanine dipeptide System and its pdb positions)
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from cgflow.config import load_config
 from cgflow.core import run_directory as rd
 from cgflow.learning.run import ActiveLearningRun
-from cgflow.config import load_config
 
 SMALL = ["progress=false", "by_example.epochs=20", "by_energy.epochs_first=4", "by_energy.epochs_later=2",
          "ensemble.epochs=60", "stopping.max_iterations=4"]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cgflow.pmf.ensemble import PMFEnsemble
 from cgflow.core.features import CGFeatures
+from cgflow.pmf.ensemble import FitOptions, PMFEnsemble
 
 
 def test_mean_and_unbiased_std_match_members():
@@ -30,8 +30,7 @@ def test_fit_learns_a_smooth_function_and_disagrees_away_from_data(split):
     s = torch.linspace(-1, 1, 200, dtype=torch.float64)[:, None]
     y = 3 * torch.sin(2 * s[:, 0]) + 0.05 * torch.randn(200, dtype=torch.float64)
     ens = PMFEnsemble(CGFeatures((False,)), 6, [32, 32], "tanh")
-    res = ens.fit(s, y, epochs=400, batch_size=1000, lr=1e-2, split=split, train_fraction=0.8,
-                  rng=np.random.default_rng(0), progress=False)
+    res = ens.fit(s, y, FitOptions(epochs=400, batch_size=1000, lr=1e-2, split=split, train_fraction=0.8, progress=False), rng=np.random.default_rng(0))
     assert res["ensemble_heldout_mse"] < 0.05
     with torch.no_grad():
         mean, std = ens.mean_and_std(torch.tensor([[0.3], [6.0]], dtype=torch.float64))
@@ -59,8 +58,7 @@ def test_sobolev_fit_recovers_a_known_function_better_than_values_alone():
 
     def rmse(grads, weight):
         ens = PMFEnsemble(CGFeatures((True, True)), 4, [32, 32], "tanh")
-        out = ens.fit(s, y, epochs=400, batch_size=1000, lr=1e-2, rng=np.random.default_rng(0), progress=False,
-                      grads=grads, gradient_weight=weight, train_fraction=1.0)
+        out = ens.fit(s, y, FitOptions(epochs=400, batch_size=1000, lr=1e-2, progress=False, gradient_weight=weight, train_fraction=1.0), rng=np.random.default_rng(0), grads=grads)
         with torch.no_grad():
             err = ens.mean_and_std(grid)[0] - f_grid
         return float(((err - err.mean()) ** 2).mean().sqrt()), out
@@ -75,11 +73,11 @@ def test_warm_start_keeps_the_previous_fit():
     s = (torch.rand(40, 2, dtype=torch.float64) * 2 - 1) * math.pi
     f, _ = _torus_function(s)
     ens = PMFEnsemble(CGFeatures((True, True)), 3, [16], "tanh")
-    ens.fit(s, f, epochs=300, batch_size=1000, lr=1e-2, rng=np.random.default_rng(0), progress=False)
+    ens.fit(s, f, FitOptions(epochs=300, batch_size=1000, lr=1e-2, progress=False), rng=np.random.default_rng(0))
     before = ens.mean_and_std(s)[0].detach().clone()
-    ens.fit(s, f, epochs=1, batch_size=1000, lr=1e-6, rng=np.random.default_rng(1), progress=False, warm_start=True)
+    ens.fit(s, f, FitOptions(epochs=1, batch_size=1000, lr=1e-6, progress=False, warm_start=True), rng=np.random.default_rng(1))
     assert torch.allclose(ens.mean_and_std(s)[0], before, atol=1e-3)
-    ens.fit(s, f, epochs=1, batch_size=1000, lr=1e-6, rng=np.random.default_rng(1), progress=False)
+    ens.fit(s, f, FitOptions(epochs=1, batch_size=1000, lr=1e-6, progress=False), rng=np.random.default_rng(1))
     assert not torch.allclose(ens.mean_and_std(s)[0], before, atol=1e-2)  # a cold fit starts over
 
 
@@ -88,12 +86,10 @@ def test_patience_stops_a_converged_fit_early():
     f, _ = _torus_function(s)
     f = f + 0.3 * torch.randn(40, dtype=torch.float64)  # noisy labels: the loss has a floor
     ens = PMFEnsemble(CGFeatures((True, True)), 3, [16], "tanh")
-    ens.fit(s, f, epochs=400, batch_size=1000, lr=1e-2, rng=np.random.default_rng(0), progress=False)
-    out = ens.fit(s, f, epochs=400, batch_size=1000, lr=1e-7, rng=np.random.default_rng(1), progress=False,
-                  warm_start=True, patience=5)
+    ens.fit(s, f, FitOptions(epochs=400, batch_size=1000, lr=1e-2, progress=False), rng=np.random.default_rng(0))
+    out = ens.fit(s, f, FitOptions(epochs=400, batch_size=1000, lr=1e-7, progress=False, warm_start=True, patience=5), rng=np.random.default_rng(1))
     assert out["ensemble_epochs"] < 50  # nothing left to learn at this lr: stops after ~patience epochs
-    full = ens.fit(s, f, epochs=30, batch_size=1000, lr=1e-5, rng=np.random.default_rng(1), progress=False,
-                   warm_start=True)
+    full = ens.fit(s, f, FitOptions(epochs=30, batch_size=1000, lr=1e-5, progress=False, warm_start=True), rng=np.random.default_rng(1))
     assert full["ensemble_epochs"] == 30
 
 
@@ -107,8 +103,6 @@ def test_stable_membership_keeps_each_points_models():
     s = (torch.rand(50, 2, dtype=torch.float64) * 2 - 1) * math.pi
     f, _ = _torus_function(s)
     ens = PMFEnsemble(CGFeatures((True, True)), 4, [8], "tanh")
-    a = ens.fit(s, f, epochs=1, batch_size=1000, lr=1e-3, rng=np.random.default_rng(0), progress=False,
-                member_keys=torch.arange(50))
-    b = ens.fit(s[:40], f[:40], epochs=1, batch_size=1000, lr=1e-3, rng=np.random.default_rng(5), progress=False,
-                member_keys=torch.arange(40), warm_start=True)
+    a = ens.fit(s, f, FitOptions(epochs=1, batch_size=1000, lr=1e-3, progress=False), rng=np.random.default_rng(0), member_keys=torch.arange(50))
+    b = ens.fit(s[:40], f[:40], FitOptions(epochs=1, batch_size=1000, lr=1e-3, progress=False, warm_start=True), rng=np.random.default_rng(5), member_keys=torch.arange(40))
     assert np.isfinite(a["ensemble_train_mse"]) and np.isfinite(b["ensemble_train_mse"])

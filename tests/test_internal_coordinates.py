@@ -129,7 +129,7 @@ def _generated_geometry(zm, gen, n_frames=4, noise=0.002):
 
     a, b, c = zm.reference_atoms
     ic[0, 0], ic[0, 1], ic[0, 2] = blen(a, b), blen(c, b), np.deg2rad(109.5)
-    for m, (x, p, q, t) in enumerate(zm.placed):
+    for m, (x, p, _q, _t) in enumerate(zm.placed):
         ic[0, 3 + 3 * m] = blen(x, p)
         ic[0, 4 + 3 * m] = np.deg2rad(109.5)
         ic[0, 5 + 3 * m] = np.deg2rad(120.0) if zm.dihedral_kinds[m] == "sibling" else np.deg2rad(180.0)
@@ -194,7 +194,7 @@ def test_zmatrix_structure(ala, ala_transform):
     # every atom exactly once; references placed before use; rows sorted by generation
     seen = set(zm.reference_atoms)
     bonded = {frozenset(p) for p in ((b[0].index, b[1].index) for b in top.bonds)}
-    for (x, p, q, t), g in zip(zm.placed, zm.generations):
+    for (x, p, q, t), _g in zip(zm.placed, zm.generations):
         assert x not in seen and {p, q, t} <= seen
         assert frozenset((x, p)) in bonded and frozenset((p, q)) in bonded
         seen.add(x)

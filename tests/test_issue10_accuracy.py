@@ -4,11 +4,11 @@ Müller-Brown PMF (quadrature), where the answers are known by construction."""
 import numpy as np
 import pytest
 
-from cgflow.analysis.compare import kld_curve_from_snapshots, load_curves
-from cgflow.config import load_config
+from cgflow.analysis.compare import kld_curve_from_snapshots
 from cgflow.analysis.metrics import LOW_FREE_ENERGY_KT, pmf_errors, pmf_rmse, reference_pmf_kT
-from cgflow.pmf.history import PMFSnapshot
+from cgflow.config import load_config
 from cgflow.learning.reporters import _fmt_row, accuracy_lines
+from cgflow.pmf.history import PMFSnapshot
 from cgflow.systems import build_system
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cgflow.cli.run import preset_description
 from cgflow.cli.baselines import _system_key
+from cgflow.cli.run import preset_description
 from cgflow.config import preset_names, preset_text
 from cgflow.core.run_directory import atomic_write_text
 from cgflow.core.threads import DEFAULT_THREADS, THREAD_ENV_VARS, choose_threads

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from cgflow.config import dump_config, load_config
 from cgflow.core import run_directory as rd
 from cgflow.learning.run import ActiveLearningRun
-from cgflow.config import dump_config, load_config
 
 SMALL = ["progress=false", "by_example.epochs=5", "by_energy.epochs_first=2", "by_energy.epochs_later=1",
          "ensemble.epochs=30", "stopping.max_iterations=1"]
@@ -121,12 +121,14 @@ def test_extension_rules(tmp_path):
     assert apply_extension(run, load_config("mb", SMALL + ["progress=true"])) == ""
     assert run.cfg.progress and not run.state.done
     # a run the MC finished stays finished
-    run.state.done, run.state.stop_reason = True, "MC found no point with std > 0.25 kT in 3000 steps"
+    from cgflow.learning.stopping import StopReason, mc_exhausted
+
+    run.state.stop(mc_exhausted(0.25, 3000))
     msg = apply_extension(run, load_config("mb", SMALL + ["stopping.max_iterations=5"]))
     assert "another reason" in msg and run.state.done
     # a run its stopping rule finished reopens, unless the new rule is already met
     run.state.rows = [{"iteration": 1, "forward_kld": 0.01}]
-    run.state.stop_reason = "reached stopping.max_iterations = 1"
+    run.state.stop(StopReason("max_iterations", "reached stopping.max_iterations = 1"))
     msg = apply_extension(run, load_config("mb", SMALL + ["stopping.max_iterations=3", "stopping.kld_threshold=0.1"]))
     assert run.state.done and "already met" in msg and "forward KLD" in run.state.stop_reason
     msg = apply_extension(run, load_config("mb", SMALL + ["stopping.max_iterations=3"]))

@@ -8,8 +8,12 @@ import sys
 import numpy as np
 
 from cgflow.core import run_directory as rd
-from cgflow.learning.diagnostics import (ensemble_fit_warning, label_ess_warning, minimum_without_data_warning,
-                                sample_ess_warning)
+from cgflow.learning.diagnostics import (
+    ensemble_fit_warning,
+    label_ess_warning,
+    minimum_without_data_warning,
+    sample_ess_warning,
+)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

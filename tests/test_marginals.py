@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from cgflow.analysis.marginals import (MarginalReferencePMF, histogram_marginals, marginal_accuracy,
-                                       marginal_pmfs, marginals_of_reference, resolve_pairs)
-from cgflow.pmf.reference_file import ReferenceFileError, load_reference, save_marginal_reference
+from cgflow.analysis.marginals import (
+    MarginalReferencePMF,
+    histogram_marginals,
+    marginal_accuracy,
+    marginal_pmfs,
+    marginals_of_reference,
+    resolve_pairs,
+)
 from cgflow.core.system import ReferencePMF
+from cgflow.pmf.reference_file import ReferenceFileError, load_reference, save_marginal_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from torus_system import TorusSystem, exact_pmf_kT  # noqa: E402
@@ -121,8 +127,8 @@ def test_compare_and_reference_on_marginals(tmp_path):
     """Samples of a known 3-D density: the MD curve's mean marginal KLD falls toward 0; `cgflow reference`
     from the run writes a marginal reference with a noise floor; snapshots equal to the exact marginals
     have KLD ~ 0, and snapshots off the reference bins are refused."""
-    from cgflow.baselines.reference import reference_from_run
     from cgflow.analysis.compare import kld_curve_from_md, kld_curve_from_snapshots
+    from cgflow.baselines.reference import reference_from_run
     from cgflow.pmf.history import PMFSnapshot
 
     rng = np.random.default_rng(0)

@@ -14,7 +14,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from cgflow.core.system import ReferencePMF, System
 from cgflow.systems.molecules import starting_data as sdmod
+from cgflow.systems.molecules.config import MoleculeConfig, build_molecule_system
 from cgflow.systems.molecules.molecule_system import (
     MoleculeSystem,
     alanine_dipeptide,
@@ -22,8 +24,6 @@ from cgflow.systems.molecules.molecule_system import (
     from_pdb_and_forcefield,
     package_data_file,
 )
-from cgflow.core.system import ReferencePMF, System
-from cgflow.systems.molecules.config import MoleculeConfig, build_molecule_system
 
 MD_PS = 0.5
 

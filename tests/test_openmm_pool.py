@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cgflow.systems.molecules.energy.backend import EnergyBackend, make_energy_backend
-from cgflow.systems.molecules.molecule_system import package_data_file
 from cgflow.systems.molecules.energy.openmm_pool import OpenMMEnergyPool, reduced_energy_torch
+from cgflow.systems.molecules.molecule_system import package_data_file
 
 T = 300.0
 

@@ -21,8 +21,8 @@ import torch
 from pydantic import ValidationError
 
 from cgflow.systems.molecules import peptide_builder as pb
-from cgflow.systems.molecules.molecule_system import from_sequence
 from cgflow.systems.molecules.config import MoleculeConfig, build_molecule_system
+from cgflow.systems.molecules.molecule_system import from_sequence
 
 SEQ = "ACE ALA ALA ALA NME"
 CG6 = ["phi:1", "psi:1", "phi:2", "psi:2", "phi:3", "psi:3"]  # mdtraj residue index: ACE = 0

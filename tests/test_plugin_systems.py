@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from cgflow.learning.run import ActiveLearningRun
 from cgflow.config import load_config
 from cgflow.core.system import SystemProtocolError, with_defaults
+from cgflow.learning.run import ActiveLearningRun
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cgflow.pmf.pooled_labels import clip_top_k_segments, iteration_weights, pooled_labels
 from cgflow.pmf.labels import clip_top_k
+from cgflow.pmf.pooled_labels import clip_top_k_segments, iteration_weights, pooled_labels
 
 K_SPRING, B_COUPLING = 2.0, 0.7
 

@@ -4,11 +4,10 @@ labels, and a run with pooled labels, warm-started Sobolev fits and grid-score a
 
 import numpy as np
 import pytest
-import torch
 
+from cgflow.config import load_config
 from cgflow.core import run_directory as rd
 from cgflow.learning.run import ActiveLearningRun
-from cgflow.config import load_config
 from cgflow.systems.muller_brown import exact_pmf
 from test_end_to_end import Interrupt, KillAfter
 

@@ -82,7 +82,7 @@ def test_continuous_across_the_circle_boundary():
     flow = make_flow()
     circ = flow.periodic_mask
     eps = 1e-7
-    for row in range(3):
+    for _row in range(3):
         s = cg_points(1)
         z = flow.sample_base(1)[0]
         for i in torch.nonzero(circ).flatten().tolist():

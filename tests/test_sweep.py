@@ -19,10 +19,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from cgflow.core import run_directory as rd
 from cgflow.cli import app
-from cgflow.learning.sweep import expand_sweep, load_sweep_spec
+from cgflow.core import run_directory as rd
 from cgflow.learning.resume import open_run
+from cgflow.learning.sweep import expand_sweep, load_sweep_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "slurm-sweep.yaml"

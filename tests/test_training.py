@@ -5,8 +5,8 @@ import torch
 from cgflow.core.evaluation_counter import EvaluationCounter
 from cgflow.core.features import CGFeatures
 from cgflow.flows import ConditionalAffineFlow
-from cgflow.systems.muller_brown import MullerBrownSystem
 from cgflow.learning.training import EnergyTimer, reverse_kl_losses
+from cgflow.systems.muller_brown import MullerBrownSystem
 
 
 class EveryOtherRejected(MullerBrownSystem):

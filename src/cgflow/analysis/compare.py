@@ -28,10 +28,11 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from cgflow.analysis.metrics import LOW_FREE_ENERGY_KT, forward_kld, pmf_errors, probabilities_from_pmf, reverse_kld  # noqa: E402
-from cgflow.pmf.history import DIRNAME as HISTORY_DIR, PMFSnapshot, read_history  # noqa: E402
-from cgflow.pmf.reference_file import load_reference  # noqa: E402
 from cgflow.core.run_directory import atomic_write_text, write_metrics_csv  # noqa: E402
 from cgflow.core.system import ReferencePMF  # noqa: E402
+from cgflow.pmf.history import DIRNAME as HISTORY_DIR  # noqa: E402
+from cgflow.pmf.history import PMFSnapshot, read_history
+from cgflow.pmf.reference_file import load_reference  # noqa: E402
 
 DEFAULT_LEVELS = (1e-2, 3e-3, 1e-3)
 METHOD_FILES = ("md.json", "metad.json", "umbrella.json")

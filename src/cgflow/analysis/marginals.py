@@ -22,15 +22,14 @@ marginal is indexed [bin of i, bin of j]).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
 import torch
 
-from cgflow.core.system import MarginalReferencePMF
-
 from cgflow.analysis.metrics import forward_kld, probabilities_from_pmf, reverse_kld
+from cgflow.core.system import MarginalReferencePMF
 
 
 def resolve_pairs(spec, names: tuple[str, ...]) -> list[tuple[int, int]]:

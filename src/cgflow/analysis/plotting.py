@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cgflow.core import run_directory as rd  # noqa: E402
 from cgflow.analysis.metrics import describe_errors, pmf_errors  # noqa: E402
+from cgflow.core import run_directory as rd  # noqa: E402
 
 
 def _load_pmf(run_dir: Path) -> dict:

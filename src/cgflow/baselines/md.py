@@ -31,8 +31,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cgflow.baselines.langevin import BatchedLangevin, LangevinState
-from cgflow.core.simulation_view import SimulationView
 from cgflow.core.run_directory import RunDirectoryError, _atomic_write, atomic_torch_save, atomic_write_text
+from cgflow.core.simulation_view import SimulationView
 
 MD_JSON = "md.json"
 TRAJ_DIR = "cg_trajectory"

@@ -27,10 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.interpolate import RegularGridInterpolator
 
 from cgflow.core.geometry import compute_dihedrals
+from cgflow.core.run_directory import RunDirectoryError, atomic_write_text
 from cgflow.core.simulation_view import SimulationView
 from cgflow.core.units import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K
 from cgflow.pmf.history import save_snapshot
-from cgflow.core.run_directory import RunDirectoryError, atomic_write_text
 
 METAD_JSON = "metad.json"
 
@@ -87,7 +87,7 @@ class WellTemperedBias:
         if self.kind == "compound":
             particles = sorted({a for t in torsions for a in t})
             slot = {a: i + 1 for i, a in enumerate(particles)}
-            args = ", ".join("dihedral(%s)" % ", ".join(f"p{slot[a]}" for a in t) for t in torsions)
+            args = ", ".join("dihedral({})".format(", ".join(f"p{slot[a]}" for a in t)) for t in torsions)
             self.force = openmm.CustomCompoundBondForce(len(particles), f"table({args})")
             self.force.addBond(particles, [])
             self.force.addTabulatedFunction("table", self._table)

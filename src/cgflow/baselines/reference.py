@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
-
-from itertools import combinations
 
 from cgflow.analysis.marginals import histogram_marginals
 from cgflow.analysis.metrics import forward_kld

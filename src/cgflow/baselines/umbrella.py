@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -25,10 +24,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cgflow.baselines.langevin import BatchedLangevin
+from cgflow.core.geometry import wrap_angle
+from cgflow.core.run_directory import RunDirectoryError, atomic_savez, atomic_write_text
 from cgflow.core.simulation_view import SimulationView
 from cgflow.pmf.history import save_snapshot
-from cgflow.core.run_directory import RunDirectoryError, atomic_savez, atomic_write_text
-from cgflow.core.geometry import wrap_angle
 
 UMBRELLA_JSON = "umbrella.json"
 SAMPLES = "samples.npz"

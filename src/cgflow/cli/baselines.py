@@ -17,8 +17,8 @@ SYSTEM_HELP = "A preset name (its system section is used, e.g. mb or aldp) or a 
 @contextmanager
 def _errors_to_exit():
     from cgflow.config import ConfigError
-    from cgflow.pmf.reference_file import ReferenceFileError
     from cgflow.core.run_directory import RunDirectoryError
+    from cgflow.pmf.reference_file import ReferenceFileError
 
     try:
         yield
@@ -36,8 +36,8 @@ def _system_key(item: str) -> str:
 
 def _view(system_spec: str, set_: list[str], device: str = "cpu"):
     """The SimulationView of the system named by a preset / YAML (+ --set overrides)."""
-    from cgflow.core.simulation_view import simulation_view
     from cgflow.config import load_config
+    from cgflow.core.simulation_view import simulation_view
     from cgflow.systems import build_system
 
     cfg = load_config(system_spec, [_system_key(s) for s in set_], None)

@@ -27,10 +27,10 @@ def run(
     threads: Optional[int] = threads_option(),
 ):
     """Run active learning; writes config.yaml, metrics.csv, checkpoint.pt, pmf.npz and plots to the run directory."""
-    from cgflow.config import ConfigError, load_config
     from cgflow.analysis.plotting import PlotReporter
-    from cgflow.learning.reporters import ConsoleReporter
+    from cgflow.config import ConfigError, load_config
     from cgflow.core.run_directory import RunDirectoryError
+    from cgflow.learning.reporters import ConsoleReporter
 
     n_threads = set_threads(threads)
     overrides = list(set_) + ([f"device={device}"] if device else [])
@@ -104,8 +104,8 @@ def sample(
     import numpy as np
     import torch
 
-    from cgflow.learning.run import ActiveLearningRun
     from cgflow.core.run_directory import RunDirectoryError, atomic_write_text
+    from cgflow.learning.run import ActiveLearningRun
 
     try:
         values = [float(v) for v in cg.split(",")]

@@ -30,9 +30,9 @@ def sweep(
     OUT/NAME-seedK; resumes unfinished runs and skips finished ones when started again; ends with a summary
     table (also OUT/summary.csv)."""
     from cgflow.config import ConfigError
+    from cgflow.core.run_directory import RunDirectoryError
     from cgflow.distributed.cluster import SchedulerError, check_scheduler_address
     from cgflow.learning.sweep import expand_sweep, load_sweep_spec, run_sweep, summary_table
-    from cgflow.core.run_directory import RunDirectoryError
 
     out = out if out is not None else Path("sweeps") / spec.stem
     try:

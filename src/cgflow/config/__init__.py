@@ -3,8 +3,16 @@ with overrides (:mod:`cgflow.config.loading`), and the shipped presets (``cgflow
 
 The names below are the package's public face (``from cgflow.config import load_config``)."""
 
-from cgflow.config.loading import (apply_overrides, config_differences, describe_differences, dump_config,
-                                   load_config, preset_names, preset_text, validate_config)
+from cgflow.config.loading import (
+                                   apply_overrides,
+                                   config_differences,
+                                   describe_differences,
+                                   dump_config,
+                                   load_config,
+                                   preset_names,
+                                   preset_text,
+                                   validate_config,
+)
 from cgflow.config.schema import ConfigError, RunConfig
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "config_differences", "describe_differences",

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from cgflow.config.schema import ConfigError, RunConfig
 
+
 # --- loading -----------------------------------------------------------------------------------
 def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("cgflow.config.presets").iterdir() if p.name.endswith(".yaml"))

@@ -39,5 +39,5 @@ class EvaluationCounter:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EvaluationCounter":
+    def from_dict(cls, d: dict) -> EvaluationCounter:
         return cls(**{k: v for k, v in d.items() if k != "total"})

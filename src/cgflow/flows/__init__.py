@@ -4,7 +4,7 @@ Every flow implements :class:`~cgflow.flows.base.ConditionalFlow`; :func:`build_
 from its config.
 """
 
-from cgflow.flows.base import ConditionalFlow
 from cgflow.flows.affine import ConditionalAffineFlow
+from cgflow.flows.base import ConditionalFlow
 
 __all__ = ["ConditionalFlow", "ConditionalAffineFlow"]

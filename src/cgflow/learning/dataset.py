@@ -100,7 +100,7 @@ class ALDataset:
         return d
 
     @classmethod
-    def from_state_dict(cls, d: dict) -> "ALDataset":
+    def from_state_dict(cls, d: dict) -> ALDataset:
         ds = cls(d["points"].shape[1], d["copies"])
         for k in ("points", "added_in", "is_train", "log_w", "status"):
             setattr(ds, k, d[k])
@@ -166,7 +166,7 @@ class DrawLog:
         return {"cg_dim": self.cg_dim, **self.columns()}
 
     @classmethod
-    def from_state_dict(cls, d: dict) -> "DrawLog":
+    def from_state_dict(cls, d: dict) -> DrawLog:
         log = cls(int(d["cg_dim"]))
         if d["point"].numel():
             log._chunks = [{k: d[k] for k in cls._KEYS}]

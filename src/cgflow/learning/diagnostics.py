@@ -97,18 +97,19 @@ def sample_ess_warning(ess: float, n: int, fraction: float = SAMPLE_ESS_FRACTION
             f"train longer)")
 
 
-def iteration_warnings(run, fit: dict, labels: dict, pmf_kT: np.ndarray) -> list[str]:
+def iteration_warnings(run, fit: dict, labels, pmf_kT: np.ndarray) -> list[str]:
     """The warnings of one active-learning iteration of ``run`` (an ActiveLearningRun): ensemble fit,
-    per-point label ESS (when the label estimator provides ``labels['ess']``), PMF minimum without data."""
+    per-point label ESS (when the label estimator provides it: ``labels.ess``, a
+    :class:`~cgflow.learning.labelling.LabelSet`), PMF minimum without data."""
     out = [ensemble_fit_warning(fit)]
-    if "ess" in labels:
-        out.append(label_ess_warning(_numpy(labels["ess"])))
+    if labels.ess is not None:
+        out.append(label_ess_warning(_numpy(labels.ess)))
     system = run.system
     radius = run.cfg.acquisition.spread_radius
-    if getattr(run, "marginals", None) is not None:  # d > 2: a coarse grid; its bin centres lie up to half a
+    if run.measure.marginal:  # d > 2: a coarse grid; its bin centres lie up to half a
         widths = [e[1] - e[0] for e in run.edges]     # bin diagonal away from data inside the bin
         radius = max(radius, 0.5 * float(np.sqrt(np.sum(np.square(widths)))))
-    out.append(minimum_without_data_warning(pmf_kT, _numpy(run.grid), _numpy(labels["points"]), system.cg_periodic,
+    out.append(minimum_without_data_warning(pmf_kT, _numpy(run.grid), _numpy(labels.points), system.cg_periodic,
                                             system.cg_domain, radius))
     return [w.replace(";", ",") for w in out if w]  # "; " separates warnings in metrics.csv
 

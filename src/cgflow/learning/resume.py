@@ -8,9 +8,18 @@ from pathlib import Path
 
 import yaml
 
+from cgflow.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    config_differences,
+    describe_differences,
+    dump_config,
+    load_config,
+    validate_config,
+)
 from cgflow.core import run_directory as rd
-from cgflow.config import (ConfigError, RunConfig, apply_overrides, config_differences, describe_differences,
-                           dump_config, load_config, validate_config)
+from cgflow.learning.stopping import RULE_KINDS, Stopping
 
 EXTENSIBLE = ("stopping.", "progress")
 """Config keys (prefixes) a resumed run may change: the stopping rule, and whether bars are shown."""
@@ -65,27 +74,9 @@ def check_extension(run_dir: Path, saved: RunConfig, new: RunConfig) -> list[str
     return diff
 
 
-NOT_STOPPING_RULE = ("MC found no point", "grid conditioning", "the acquisition score is zero")
-
-
-def _stopped_by_stopping_rule(reason: str) -> bool:
+def _stopped_by_stopping_rule(state) -> bool:
     """Whether a run finished because of its ``stopping`` keys (not MC exhaustion / end of a grid run)."""
-    return bool(reason) and not reason.startswith(NOT_STOPPING_RULE)
-
-
-def _rule_met(new: RunConfig, rows: list[dict]) -> str | None:
-    """The stop reason ``new``'s stopping rule gives after ``rows``, or None if it lets the run go on."""
-    s = new.stopping
-    n, last = len(rows), (rows[-1] if rows else {})
-    if n >= s.max_iterations:
-        return f"reached stopping.max_iterations = {s.max_iterations}"
-    kld = last.get("forward_kld")
-    if s.kld_threshold is not None and kld is not None and kld < s.kld_threshold:
-        return f"forward KLD {kld:.3g} < {s.kld_threshold:g}"
-    target, b_std = getattr(s, "std_target_kT", None), last.get("boltzmann_std_kT")
-    if target is not None and b_std is not None and b_std < target:
-        return f"Boltzmann-weighted ensemble std {b_std:.3g} kT < {target:g} kT"
-    return None
+    return state.done and state.stop_kind in RULE_KINDS
 
 
 def apply_extension(run, new: RunConfig) -> str:
@@ -98,15 +89,15 @@ def apply_extension(run, new: RunConfig) -> str:
     rd.atomic_write_text(run.run_dir / rd.CONFIG, dump_config(new))
     if not stopping_changed:
         return ""
-    if st.done and not _stopped_by_stopping_rule(st.stop_reason):
+    if st.done and not _stopped_by_stopping_rule(st):
         return f"the run had finished for another reason ({st.stop_reason}); the new stopping keys change nothing"
     n = len(st.rows)
-    met = _rule_met(new, st.rows)
+    met = Stopping(new.stopping).check_rows(st.rows)
     if met is not None:
-        st.done, st.stop_reason = True, met
-        return f"the new stopping rule is already met after {n} iterations ({met})"
+        st.stop(met)
+        return f"the new stopping rule is already met after {n} iterations ({met.message})"
     reopened = st.done
-    st.done, st.stop_reason = False, ""
+    st.done, st.stop_reason, st.stop_kind = False, "", ""
     return (f"extended: {'reopened after' if reopened else 'continuing from'} iteration {n}, "
             f"up to stopping.max_iterations = {new.stopping.max_iterations}")
 
@@ -165,5 +156,5 @@ def finished_note(runner) -> str:
     """The console sentence for a run that has already finished (with how to extend it, where that applies)."""
     reason = runner.state.stop_reason
     hint = (f"; extend it with `cgflow run --resume --out {runner.run_dir} --set stopping.max_iterations=N`"
-            if _stopped_by_stopping_rule(reason) else "")
+            if _stopped_by_stopping_rule(runner.state) else "")
     return f"this run has already finished: {reason}{hint}"

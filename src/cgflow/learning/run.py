@@ -1,6 +1,11 @@
-"""The active-learning loop (method spec 3): train the flow by energy at the CG points of the
-dataset, fit the PMF ensemble on importance-sampling labels, find new CG points where the
-ensemble disagrees by Monte Carlo on its mean, add them, repeat.
+"""The active-learning loop (docs/method.md, "Active learning"): train the flow by energy at the CG
+points of the dataset, fit the PMF ensemble on importance-sampling labels, find new CG points where
+the ensemble disagrees by Monte Carlo on its mean, add them, repeat.
+
+One iteration (:meth:`ActiveLearningRun.step`) runs named phases, each with typed inputs and
+outputs: train flow -> label (:mod:`~cgflow.learning.labelling`) -> fit -> measure
+(:mod:`~cgflow.learning.measure`) -> acquire -> decide (:mod:`~cgflow.learning.stopping`) -> save
+(:mod:`~cgflow.learning.checkpoint`, pmf.npz, the snapshot).  docs/architecture.md draws it.
 
 Everything here is system-agnostic; the system enters only through :class:`cgflow.core.system.System`.
 """
@@ -17,31 +22,33 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cgflow.core import run_directory as rd
-from cgflow.sampling.acquisition import farthest_point_selection, spread_uniform_ball
+from cgflow.analysis.metrics import probabilities_from_pmf
 from cgflow.config import RunConfig, dump_config, validate_config
-from cgflow.learning.dataset import EVALUATED, NOT_DRAWN, ALDataset
-from cgflow.learning.diagnostics import iteration_warnings
-from cgflow.pmf.ensemble import PMFEnsemble
+from cgflow.core import run_directory as rd
 from cgflow.core.evaluation_counter import EvaluationCounter
 from cgflow.core.features import CGFeatures
-from cgflow.flows import ConditionalAffineFlow, ConditionalFlow
-from cgflow.sampling.mc import find_high_error_points
-from cgflow.analysis.metrics import bin_centers_grid, forward_kld, pmf_errors, probabilities_from_pmf, reverse_kld
-from cgflow.pmf.history import save_snapshot
-from cgflow.pmf.pooled_labels import pooled_labels
-from cgflow.pmf.labels import pmf_from_log_weights
 from cgflow.core.system import System, with_defaults
-from cgflow.systems import build_system
+from cgflow.flows import ConditionalAffineFlow, ConditionalFlow
+from cgflow.learning.checkpoint import Checkpoint
+from cgflow.learning.dataset import ALDataset
+from cgflow.learning.diagnostics import iteration_warnings
+from cgflow.learning.labelling import LabelSet, compute_label_set
+from cgflow.learning.measure import Measure, Measurement
+from cgflow.learning.stopping import SCORE_ZERO, Stopping, StopReason, grid_finished, mc_exhausted
 from cgflow.learning.training import EnergyTimer, test_loss, train_by_energy_epoch, train_by_example
+from cgflow.pmf.ensemble import FitOptions, PMFEnsemble
+from cgflow.pmf.history import save_snapshot
+from cgflow.sampling.acquisition import farthest_point_selection, spread_uniform_ball
+from cgflow.sampling.mc import find_high_error_points
+from cgflow.systems import build_system
 
 
 class Reporter(Protocol):
     """Receives progress; the run's files do not depend on reporters."""
 
-    def on_iteration(self, run: "ActiveLearningRun", row: dict) -> None: ...
+    def on_iteration(self, run: ActiveLearningRun, row: dict) -> None: ...
 
-    def on_finish(self, run: "ActiveLearningRun") -> None: ...
+    def on_finish(self, run: ActiveLearningRun) -> None: ...
 
 
 @dataclass
@@ -52,15 +59,11 @@ class RunState:
     rows: list[dict] = field(default_factory=list)
     done: bool = False
     stop_reason: str = ""
+    stop_kind: str = ""  # a cgflow.learning.stopping kind ("" while running)
+
+    def stop(self, reason: StopReason) -> None:
+        self.done, self.stop_reason, self.stop_kind = True, reason.message, reason.kind
     wall_time_s: float = 0.0
-
-
-def _noise_factor(noise2: torch.Tensor, se2: torch.Tensor) -> float:
-    """sqrt(sum noise^2 / sum se^2) over entries where both are finite, at least 1 (1 if none)."""
-    ok = torch.isfinite(noise2) & torch.isfinite(se2)
-    if not bool(ok.any()) or float(se2[ok].sum()) <= 0:
-        return 1.0
-    return max(1.0, math.sqrt(float(noise2[ok].sum() / se2[ok].sum())))
 
 
 def _config_for_object(cfg: RunConfig, system) -> RunConfig:
@@ -94,49 +97,6 @@ def build_flow(cfg: RunConfig, system: System, features: CGFeatures) -> Conditio
                                      tail_bound=f.tail_bound, seed=cfg.seed,
                                      dtype=torch.float32 if f.dtype == "float32" else torch.float64)
     raise ValueError(f"unknown flow kind {cfg.flow.kind!r}")
-
-
-@dataclass
-class MarginalSetup:
-    """How a CG space of d > 2 dimensions is measured: 2-D marginals of ``pairs`` on ``edges`` (per
-    CG dimension), against ``reference`` (marginal, or None), with ``n_points`` quasi-MC points; and
-    the coarse full grid ``coarse_edges`` (about ``metrics.grid_points`` bins) on which the
-    acquisition score, the error bar and the warnings are computed."""
-
-    pairs: list
-    edges: list
-    reference: object
-    n_points: int
-    coarse_edges: list
-
-    @classmethod
-    def build(cls, system: System, mc) -> "MarginalSetup":
-        from cgflow.analysis.marginals import MarginalReferencePMF, marginals_of_reference, resolve_pairs
-
-        d, names = system.cg_dim, tuple(system.cg_names)
-        ref = system.reference()
-        if ref is not None and not isinstance(ref, MarginalReferencePMF):
-            ref = marginals_of_reference(ref, resolve_pairs(None, names))
-        pairs = resolve_pairs(mc.pairs if mc.pairs is not None else (ref.pairs if ref is not None else None), names)
-        if ref is not None:
-            lacking = [p for p in pairs if p not in ref.pairs and p[::-1] not in ref.pairs]
-            if lacking:
-                raise ValueError(f"metrics.pairs: the reference has no marginal of "
-                                 f"{', '.join(f'{names[i]}|{names[j]}' for i, j in lacking)}")
-            edges = ref.edges
-        else:
-            edges = [np.linspace(lo, hi, mc.n_bins + 1) for lo, hi in system.cg_domain]
-        m = max(2, int(math.floor(mc.grid_points ** (1.0 / d) + 1e-9)))
-        coarse = [np.linspace(lo, hi, m + 1) for lo, hi in system.cg_domain]
-        return cls(pairs, edges, ref, mc.n_integration_points, coarse)
-
-
-def evaluation_grid(system: System):
-    """Bin edges used for metrics and plots: the reference's, else 100 bins per CG dim."""
-    ref = system.reference()
-    if ref is not None:
-        return ref.edges, ref
-    return [np.linspace(lo, hi, 101) for lo, hi in system.cg_domain], None
 
 
 class ActiveLearningRun:
@@ -173,12 +133,8 @@ class ActiveLearningRun:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.system = system if system is not None else build_system(cfg.system, device=self.device)
-        self.marginals = MarginalSetup.build(self.system, cfg.metrics) if self.system.cg_dim > 2 else None
-        if self.marginals is None:
-            self.edges, self.reference = evaluation_grid(self.system)
-        else:  # d > 2: a coarse full grid for the acquisition score and the error bar; accuracy on marginals
-            self.edges, self.reference = self.marginals.coarse_edges, None
-        self.grid = torch.as_tensor(bin_centers_grid(self.edges), dtype=torch.float64)
+        self.measure = Measure.for_system(self.system, cfg.metrics)  # full grid (d <= 2) or marginals (d > 2)
+        self.last_measurement: Measurement | None = None
         self.state = RunState()
         self.dataset = ALDataset(self.system.cg_dim, cfg.by_energy.copies_per_point)
         features = CGFeatures(self.system.cg_periodic)
@@ -194,6 +150,27 @@ class ActiveLearningRun:
             rd.atomic_write_text(self.run_dir / rd.CONFIG, dump_config(cfg))
             self._initialize()
             self._save_checkpoint()
+
+    # --- what the measure holds (named for the evaluation grid; see cgflow.learning.measure) --------
+    @property
+    def edges(self) -> list[np.ndarray]:
+        """Bin edges of the grid the ensemble is evaluated on (coarse for d > 2)."""
+        return self.measure.edges
+
+    @property
+    def reference(self):
+        """The full-grid reference on :attr:`edges`, or None (always None for d > 2)."""
+        return self.measure.reference
+
+    @property
+    def grid(self) -> torch.Tensor:
+        """(n_bins, cg_dim) float64 centres of :attr:`edges`."""
+        return self.measure.grid
+
+    @property
+    def marginals(self):
+        """The marginal setup (d > 2), else None."""
+        return getattr(self.measure, "setup", None)
 
     # --- set-up -------------------------------------------------------------------------------
     def _check_resumable(self, cfg: RunConfig | None) -> RunConfig:
@@ -257,33 +234,33 @@ class ActiveLearningRun:
     # --- checkpoints --------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
         st = self.state
-        rd.atomic_torch_save(self.run_dir / rd.CHECKPOINT, {
-            "iteration": st.iteration, "counter": st.counter.as_dict(), "mc_start": st.mc_start,
-            "rows": st.rows, "done": st.done, "stop_reason": st.stop_reason, "wall_time_s": st.wall_time_s,
-            "flow": self.flow.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "ensemble": self.ensemble.state_dict(), "dataset": self.dataset.state_dict(),
-            "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state,
-        })
+        Checkpoint(iteration=st.iteration, counter=st.counter.as_dict(), mc_start=st.mc_start, rows=st.rows,
+                   done=st.done, stop_reason=st.stop_reason, stop_kind=st.stop_kind, wall_time_s=st.wall_time_s,
+                   flow=self.flow.state_dict(), optimizer=self.optimizer.state_dict(),
+                   ensemble=self.ensemble.state_dict(), dataset=self.dataset.state_dict(),
+                   torch_rng=torch.get_rng_state(), numpy_rng=self.rng.bit_generator.state,
+                   ).save(self.run_dir / rd.CHECKPOINT)
         rd.write_metrics_csv(self.run_dir / rd.METRICS, st.rows)
 
     def _load_checkpoint(self) -> None:
-        ck = torch.load(self.run_dir / rd.CHECKPOINT, map_location=self.device, weights_only=False)
-        saved_dim = int(ck["dataset"]["points"].shape[1])
+        ck = Checkpoint.load(self.run_dir / rd.CHECKPOINT, map_location=self.device)
+        saved_dim = int(ck.dataset["points"].shape[1])
         if saved_dim != self.system.cg_dim:
             raise rd.RunDirectoryError(f"cannot resume {self.run_dir}: its CG points have {saved_dim} dimension(s), "
                                        f"the system {self.system.name!r} has cg_dim {self.system.cg_dim}")
-        self.state = RunState(iteration=ck["iteration"], counter=EvaluationCounter.from_dict(ck["counter"]),
-                              mc_start=ck["mc_start"], rows=ck["rows"], done=ck["done"],
-                              stop_reason=ck["stop_reason"], wall_time_s=ck["wall_time_s"])
-        self.flow.load_state_dict(ck["flow"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        res = self.ensemble.load_state_dict(ck["ensemble"], strict=False)
-        if res.unexpected_keys or set(res.missing_keys) - {"fitted", "std_scale"}:  # buffers added later
+        self.state = RunState(iteration=ck.iteration, counter=EvaluationCounter.from_dict(ck.counter),
+                              mc_start=ck.mc_start, rows=ck.rows, done=ck.done, stop_reason=ck.stop_reason,
+                              stop_kind=ck.stop_kind, wall_time_s=ck.wall_time_s)
+        self.flow.load_state_dict(ck.flow)
+        self.optimizer.load_state_dict(ck.optimizer)
+        try:
+            self.ensemble.load_state_dict(ck.ensemble)
+        except RuntimeError as err:
             raise rd.RunDirectoryError(f"cannot resume {self.run_dir}: the checkpoint's ensemble does not match "
-                                       f"({res.missing_keys or res.unexpected_keys})")
-        self.dataset = ALDataset.from_state_dict(ck["dataset"])
-        torch.set_rng_state(ck["torch_rng"])
-        self.rng.bit_generator.state = ck["numpy_rng"]
+                                       f"({str(err).splitlines()[0]})") from None
+        self.dataset = ALDataset.from_state_dict(ck.dataset)
+        torch.set_rng_state(ck.torch_rng)
+        self.rng.bit_generator.state = ck.numpy_rng
 
     # --- one iteration ------------------------------------------------------------------------
     def _epoch_plan(self, iteration: int) -> tuple[int, int, int, int]:
@@ -331,45 +308,11 @@ class ActiveLearningRun:
         """Importance-sampling PMF labels (kT) of the train CG points with >= 1 evaluated copy.
         Returns (points (P, cg_dim), labels (P,))."""
         lab = self.label_set()
-        return lab["points"], lab["pmf_kT"]
+        return lab.points, lab.pmf_kT
 
-    def label_set(self) -> dict:
-        """The labels of the train CG points with >= 1 evaluated draw, per ``cfg.labels``.
-
-        Returns a dict of tensors: index (P,) of the points in the dataset, points (P, cg_dim),
-        pmf_kT (P,), and for the pooled estimator pmf_noise2_kT2 (P,) (an empirical estimate of each
-        label's variance from two halves of its draws; NaN where a half has none),
-        also pmf_se_kT (P,), mean_force (P, cg_dim) (dF/ds, kT per CG unit; NaN unless
-        labels.mean_forces), mean_force_se (P, cg_dim), ess (P,), n_draws (P,)."""
-        ds, lc = self.dataset, self.cfg.labels
-        use = ds.is_train & (ds.status == EVALUATED).any(1)
-        if lc.estimator == "latest":
-            f = pmf_from_log_weights(ds.log_w[use], drawn=ds.status[use] != NOT_DRAWN, top_k_clip=lc.top_k_clip)
-            ok = torch.isfinite(f)
-            return {"index": torch.nonzero(use).reshape(-1)[ok], "points": ds.points[use][ok], "pmf_kT": f[ok]}
-        cols = ds.draws.columns()
-        lab = pooled_labels(len(ds), cols["point"], cols["iteration"], cols["log_w"], cols["grad_s"],
-                            rule=lc.pool_rule, power=lc.pool_power, top_k_clip=lc.top_k_clip)
-        # empirical label noise: the same estimator on two halves of the draws (alternate draws);
-        # (F_1 - F_2)^2 / 4 estimates the variance of the full label without trusting the SE formula
-        half = torch.arange(cols["point"].numel()) % 2 == 0
-        halves = [pooled_labels(len(ds), *(cols[k][m] for k in ("point", "iteration", "log_w", "grad_s")),
-                                rule=lc.pool_rule, power=lc.pool_power, top_k_clip=lc.top_k_clip)
-                  for m in (half, ~half)]
-        noise2 = (halves[0].pmf_kT - halves[1].pmf_kT) ** 2 / 4
-        noise2_g = (halves[0].mean_force - halves[1].mean_force) ** 2 / 4
-        ok = use & torch.isfinite(lab.pmf_kT)
-        if lc.bias_correction:  # E[-ln Z^] ~ F + Var(Z^)/(2 Z^2): remove the Jensen bias to first order
-            lab.pmf_kT = lab.pmf_kT - 0.5 * lab.pmf_se_kT**2
-        out = {"index": torch.nonzero(ok).reshape(-1), "points": ds.points[ok], "pmf_kT": lab.pmf_kT[ok],
-               "pmf_se_kT": lab.pmf_se_kT[ok], "pmf_noise2_kT2": noise2[ok],
-               "ess": lab.ess[ok], "n_draws": lab.n_draws[ok]}
-        # how much the standard-error formulas understate the empirical noise (ratio of sums; >= 1)
-        out["se_factor"] = _noise_factor(noise2[ok], lab.pmf_se_kT[ok] ** 2)
-        if lc.mean_forces:
-            out["mean_force"], out["mean_force_se"] = lab.mean_force[ok], lab.mean_force_se[ok]
-            out["mean_force_se_factor"] = _noise_factor(noise2_g[ok], lab.mean_force_se[ok] ** 2)
-        return out
+    def label_set(self) -> LabelSet:
+        """The label phase: the labels of the train CG points with >= 1 evaluated draw, per ``cfg.labels``."""
+        return compute_label_set(self.dataset, self.cfg.labels)
 
     @torch.no_grad()
     def pmf_on_grid(self) -> tuple[np.ndarray, np.ndarray]:
@@ -379,43 +322,17 @@ class ActiveLearningRun:
         return mean.cpu().numpy().reshape(shape), std.cpu().numpy().reshape(shape)
 
     def accuracy(self, mean: np.ndarray, std: np.ndarray | None = None) -> dict:
-        """Forward/reverse KLD and the named PMF errors of :func:`cgflow.analysis.metrics.pmf_errors`
-        (weighted RMSE, unweighted RMSE and max error where F_ref < 10 kT, ensemble std beside them)
-        of ``mean`` on the evaluation grid.  For d > 2 ``mean`` and ``std`` are not used: the figures
-        are those of the 2-D marginals of the ensemble mean (:meth:`marginal_pmfs`, kept for pmf.npz
-        and the snapshot), averaged over the CG pairs."""
-        if self.marginals is not None:
-            return self._marginal_accuracy()
-        if self.reference is None:
-            return {}
-        p_model = probabilities_from_pmf(mean)
-        return {"forward_kld": forward_kld(self.reference.prob, p_model),
-                "reverse_kld": reverse_kld(self.reference.prob, p_model),
-                **pmf_errors(self.reference.prob, mean, std)}
+        """The measure phase: forward/reverse KLD and the named PMF errors of
+        :func:`cgflow.analysis.metrics.pmf_errors` (weighted RMSE, unweighted RMSE and max error where
+        F_ref < 10 kT, ensemble std beside them) of ``mean`` on the evaluation grid; for d > 2 those of
+        the 2-D marginals of the ensemble mean, averaged over the CG pairs (``mean``/``std`` unused).
+        The measurement is kept in :attr:`last_measurement` for pmf.npz and the snapshot."""
+        self.last_measurement = self.measure.measure(mean, std, self)
+        return self.last_measurement.accuracy
 
     def marginal_pmfs(self):
         """The 2-D marginals of the ensemble mean (d > 2; :class:`~cgflow.analysis.marginals.MarginalPMFs`)."""
-        from cgflow.analysis.marginals import marginal_pmfs
-
-        import copy
-
-        m = self.marginals
-        ens32 = copy.deepcopy(self.ensemble).float()  # 2.8x faster on a CPU; ~1e-6 kT from float64
-
-        def f(s):
-            return ens32.mean_and_std(s.to(self.device, torch.float32))[0].cpu().double()
-
-        centres = self.dataset.points.numpy() if self.cfg.metrics.integration == "importance" else None
-        return marginal_pmfs(f, m.edges, self.system.cg_domain, m.pairs, n_points=m.n_points, seed=self.cfg.seed,
-                             periodic=self.system.cg_periodic, centres=centres)
-
-    def _marginal_accuracy(self) -> dict:
-        from cgflow.analysis.marginals import marginal_accuracy
-
-        self._last_marginals = self.marginal_pmfs()
-        if self.marginals.reference is None:
-            return {"marginal_integration_error_kld": float(np.mean(self._last_marginals.integration_error_kld))}
-        return marginal_accuracy(self.marginals.reference, self._last_marginals, tuple(self.system.cg_names))
+        return self.measure.marginal_pmfs(self)
 
     def uncertainty(self, mean: np.ndarray, std: np.ndarray) -> dict:
         """The ensemble's own error bar, no reference needed: ``boltzmann_std_kT`` = sum_b p(b) sigma(b)
@@ -436,7 +353,7 @@ class ActiveLearningRun:
         return out
 
     @torch.no_grad()
-    def _set_old_priority(self, labels: dict) -> None:
+    def _set_old_priority(self, labels: LabelSet) -> None:
         """Revisit probabilities of the dataset's points (lever: spend draws where the KLD is decided):
         mix / N + (1 - mix) * p(s) se(s)^2 / sum, p(s) ~ exp(-F_mean(s)); unlabelled points get the
         largest se."""
@@ -444,37 +361,38 @@ class ActiveLearningRun:
         f = self.ensemble.mean_and_std(ds.points.to(self.device))[0].cpu().double()
         boltz = torch.exp(-(f - f.min()).clamp_max(700))
         se = torch.full((len(ds),), math.nan, dtype=torch.float64)
-        if "pmf_se_kT" in labels:
-            se[labels["index"]] = labels["pmf_se_kT"].cpu().double()
+        if labels.has_errors:
+            se[labels.index] = labels.pmf_se_kT.cpu().double()
         fill = float(se[torch.isfinite(se)].max()) if bool(torch.isfinite(se).any()) else 1.0
         se = torch.where(torch.isfinite(se), se, torch.full_like(se, fill))
         need = boltz * se**2
         need = need / need.sum() if float(need.sum()) > 0 else torch.full_like(need, 1.0 / len(ds))
         ds.old_priority = mix / len(ds) + (1 - mix) * need
 
-    def _perturbation(self, labels: dict):
+    def _perturbation(self, labels: LabelSet):
         """Label noise for the parametric bootstrap of the ensemble (None unless ensemble.perturb_labels):
         each label's standard error times the empirical factor by which the formula understates it."""
-        if not self.cfg.ensemble.perturb_labels or "pmf_se_kT" not in labels:
+        if not self.cfg.ensemble.perturb_labels or not labels.has_errors:
             return None
-        sd_v = labels["pmf_se_kT"] * labels["se_factor"]
-        sd_g = labels["mean_force_se"] * labels["mean_force_se_factor"] if "mean_force_se" in labels else None
+        sd_v = labels.pmf_se_kT * labels.se_factor
+        sd_g = labels.mean_force_se * labels.mean_force_se_factor if labels.mean_force_se is not None else None
         return sd_v, sd_g
 
-    def _fit_ensemble(self, labels: dict) -> dict:
-        e, it = self.cfg.ensemble, self.state.iteration
+    def _fit_ensemble(self, labels: LabelSet) -> dict:
+        """The fit phase: the ensemble on the labels (warm-started after the first fit if configured)."""
+        e = self.cfg.ensemble
         warm = e.warm_epochs is not None and bool(self.ensemble.fitted)
-        se = e.weighting == "standard_error" and "pmf_se_kT" in labels
+        se = e.weighting == "standard_error" and labels.has_errors
         dev = self.device
+        options = FitOptions(epochs=e.warm_epochs if warm else e.epochs, batch_size=e.batch_size, lr=e.lr,
+                             split=e.split, train_fraction=e.train_fraction, progress=self.cfg.progress,
+                             warm_start=warm, patience=e.patience, gradient_weight=e.gradient_weight,
+                             se_floor=(e.se_floor_kT, e.se_floor_grad))
         return self.ensemble.fit(
-            labels["points"].to(dev), labels["pmf_kT"].to(dev), epochs=e.warm_epochs if warm else e.epochs,
-            batch_size=e.batch_size, lr=e.lr, split=e.split, train_fraction=e.train_fraction, rng=self.rng,
-            progress=self.cfg.progress, warm_start=warm, patience=e.patience,
-            grads=labels.get("mean_force"), gradient_weight=e.gradient_weight,
-            value_se=labels["pmf_se_kT"] if se else None,
-            grad_se=labels.get("mean_force_se") if se else None, se_floor=(e.se_floor_kT, e.se_floor_grad),
-            value_noise2=labels.get("pmf_noise2_kT2"), perturb_sd=self._perturbation(labels),
-            member_keys=labels["index"] if e.stable_membership else None)
+            labels.points.to(dev), labels.pmf_kT.to(dev), options, rng=self.rng, grads=labels.mean_force,
+            value_se=labels.pmf_se_kT if se else None, grad_se=labels.mean_force_se if se else None,
+            value_noise2=labels.pmf_noise2_kT2, perturb_sd=self._perturbation(labels),
+            member_keys=labels.index if e.stable_membership else None)
 
     def _mc_starts(self) -> torch.Tensor:
         sc = self.cfg.sampler
@@ -513,14 +431,7 @@ class ActiveLearningRun:
 
         t1 = time.perf_counter()
         labels = self.label_set()
-        pts = labels["points"]
         times["t_labels_s"] = time.perf_counter() - t1
-        label_row = {}
-        if "ess" in labels:
-            label_row = {"label_ess_median": float(labels["ess"].median()), "label_ess_min": float(labels["ess"].min()),
-                         "label_se_factor": labels["se_factor"],
-                         "label_se_median_kT": float(labels["pmf_se_kT"].median()),
-                         "n_draws_pooled": int(labels["n_draws"].sum())}
 
         t1 = time.perf_counter()
         fit = self._fit_ensemble(labels)
@@ -535,40 +446,39 @@ class ActiveLearningRun:
         n_added, mc_row = 0, {}
         if cfg.mode == "grid":
             if row["flow_epochs"] >= cfg.grid.epochs:
-                st.done, st.stop_reason = True, f"grid conditioning finished its {cfg.grid.epochs} epochs"
+                st.stop(grid_finished(cfg.grid.epochs))
         else:
             n_added, mc_row = self._acquire(it, mean, std)
         times["t_mc_s"] = time.perf_counter() - t2
-        kld = acc.get("forward_kld")
-        if not st.done and cfg.stopping.kld_threshold is not None and kld is not None \
-                and kld < cfg.stopping.kld_threshold:
-            st.done, st.stop_reason = True, f"forward KLD {kld:.3g} < {cfg.stopping.kld_threshold:g}"
-        b_std = acc.get("boltzmann_std_kT")
-        if not st.done and cfg.stopping.std_target_kT is not None and b_std < cfg.stopping.std_target_kT:
-            st.done, st.stop_reason = True, (f"Boltzmann-weighted ensemble std {b_std:.3g} kT < "
-                                             f"{cfg.stopping.std_target_kT:g} kT")
-        if not st.done and it >= cfg.stopping.max_iterations:
-            st.done, st.stop_reason = True, f"reached stopping.max_iterations = {cfg.stopping.max_iterations}"
+        if not st.done:  # the decide phase
+            reason = Stopping(cfg.stopping).check(it, acc)
+            if reason is not None:
+                st.stop(reason)
 
         st.wall_time_s += time.perf_counter() - t0
         row.update({
-            "n_train_points_labelled": int(pts.shape[0]), "n_points_total": len(self.dataset),
+            "n_train_points_labelled": int(labels.points.shape[0]), "n_points_total": len(self.dataset),
             "n_points_added": n_added, **{f"evals_{k}": v for k, v in st.counter.as_dict().items()},
-            **label_row, **acc, **fit, **mc_row,
+            **labels.metrics_row(), **acc, **fit, **mc_row,
             **times, "wall_time_s": st.wall_time_s,
         })
         row["warnings"] = "; ".join(iteration_warnings(self, fit, labels, mean))  # cgflow.learning.diagnostics
         st.rows.append(row)
         st.iteration += 1
-        # PMF files first: a run killed before the checkpoint redoes this iteration and rewrites them
+        self._save(it, mean, std)
+        for r in self.reporters:
+            r.on_iteration(self, row)
+        return row
+
+    def _save(self, it: int, mean: np.ndarray, std: np.ndarray) -> None:
+        """The save phase.  PMF files first: a run killed before the checkpoint redoes this iteration
+        and rewrites them."""
+        st = self.state
         self._save_pmf(mean, std)
         marg = {k: v for k, v in self._marginal_arrays().items() if k != "marginal_reference_prob"}
         save_snapshot(self.run_dir, it, self.edges, mean, st.counter.total, label=f"iteration {it}",
                       wall_time_s=st.wall_time_s, marginals=marg)
         self._save_checkpoint()
-        for r in self.reporters:
-            r.on_iteration(self, row)
-        return row
 
     def _grid_score_candidates(self, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
         """n_find points: bins drawn with probability ~ exp(-beta F) sigma^2 (no repeats), uniform inside."""
@@ -593,7 +503,7 @@ class ActiveLearningRun:
         if sc.kind == "grid_score":
             pts, row = self._grid_score_candidates(mean, std), {}
             if pts.shape[0] < a.n_select:
-                st.done, st.stop_reason = True, "the acquisition score is zero everywhere"
+                st.stop(SCORE_ZERO)
                 return 0, row
         else:
             pts, row = self._mc_candidates()
@@ -616,7 +526,7 @@ class ActiveLearningRun:
                                     progress=cfg.progress)
         row = {"mc_steps": mc.steps, "mc_acceptance": mc.acceptance}
         if mc.exhausted:
-            st.done, st.stop_reason = True, f"MC found no point with std > {sc.threshold} kT in {sc.max_steps} steps"
+            st.stop(mc_exhausted(sc.threshold, sc.max_steps))
             return None, row
         return mc.points.cpu(), row
 
@@ -631,16 +541,8 @@ class ActiveLearningRun:
                         cg_periodic=np.array(self.system.cg_periodic), **extra, **self._marginal_arrays())
 
     def _marginal_arrays(self) -> dict:
-        """pmf.npz entries of the 2-D marginals (d > 2): marginal_pairs (K, 2), marginal_pmf_kT
-        (K, n, n), marginal_edges_i per CG dimension, marginal_reference_prob (K, n, n) if any."""
-        marg = getattr(self, "_last_marginals", None)
-        if self.marginals is None or marg is None:
-            return {}
-        out = {"marginal_pairs": np.array(marg.pairs, dtype=np.int64), "marginal_pmf_kT": np.stack(marg.pmf_kT),
-               **{f"marginal_edges_{i}": e for i, e in enumerate(self.marginals.edges)}}
-        if self.marginals.reference is not None:
-            out["marginal_reference_prob"] = np.stack([self.marginals.reference.prob_of(p) for p in marg.pairs])
-        return out
+        """pmf.npz entries of the 2-D marginals (d > 2; see :meth:`MarginalMeasure.pmf_arrays`)."""
+        return self.measure.pmf_arrays(self.last_measurement)
 
     def run(self) -> RunState:
         while not self.state.done:

@@ -202,8 +202,8 @@ def _run_lock(path: Path):
 
 def run_item(item: SweepItem, threads: int = 1, plots: bool = True) -> SweepResult:
     """Run (or resume, or recognize as finished) one sweep run; never raises for a failing run."""
-    from cgflow.learning.resume import open_run
     from cgflow.core.threads import apply_threads
+    from cgflow.learning.resume import open_run
 
     t0 = time.perf_counter()
     apply_threads(threads)

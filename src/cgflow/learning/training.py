@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cgflow.learning.dataset import EVALUATED, REJECTED, ALDataset
 from cgflow.core.evaluation_counter import EvaluationCounter
-from cgflow.flows.base import ConditionalFlow
 from cgflow.core.system import System
+from cgflow.flows.base import ConditionalFlow
+from cgflow.learning.dataset import EVALUATED, REJECTED, ALDataset
 
 
 def train_by_example(flow: ConditionalFlow, s: torch.Tensor, x_fg: torch.Tensor, *, epochs: int, batch_size: int,

@@ -7,6 +7,7 @@ each on its own subset of the CG points (method spec 2.8).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,6 +17,36 @@ from tqdm.auto import tqdm
 from cgflow.core.features import CGFeatures
 
 _ACT = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh, "silu": nn.functional.silu}
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How :meth:`PMFEnsemble.fit` trains (the data go as arguments of their own).
+
+    Attributes:
+        epochs, batch_size, lr: the Adam schedule (lr constant).
+        split: "fraction" (each model its own random ``train_fraction`` of the points) or "bagging"
+            (one common split, each model a bootstrap resample of its training part).
+        train_fraction: fraction of the points each model trains on.
+        progress: show a progress bar.
+        warm_start: continue from the current parameters instead of re-initializing (the first fit
+            always initializes).
+        patience: stop once the training loss has not improved by 0.1 % for this many epochs (None:
+            run all ``epochs``).
+        gradient_weight: weight of the mean-force residuals (0: values only).
+        se_floor: (value kT, gradient kT per CG unit) added in quadrature to the label standard errors.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    split: str = "fraction"
+    train_fraction: float = 0.8
+    progress: bool = True
+    warm_start: bool = False
+    patience: int | None = None
+    gradient_weight: float = 0.0
+    se_floor: tuple[float, float] = (0.05, 0.5)
 
 
 class PMFEnsemble(nn.Module):
@@ -109,30 +140,22 @@ class PMFEnsemble(nn.Module):
         self.std_scale.fill_(k)
         return k
 
-    def fit(self, s: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
-            split: str = "fraction", train_fraction: float = 0.8, rng: np.random.Generator,
-            progress: bool = True, grads: torch.Tensor | None = None, gradient_weight: float = 0.0,
-            value_se: torch.Tensor | None = None, grad_se: torch.Tensor | None = None,
-            se_floor: tuple[float, float] = (0.05, 0.5), warm_start: bool = False,
-            patience: int | None = None, value_noise2: torch.Tensor | None = None,
+    def fit(self, s: torch.Tensor, labels: torch.Tensor, options: FitOptions, *, rng: np.random.Generator,
+            grads: torch.Tensor | None = None, value_se: torch.Tensor | None = None,
+            grad_se: torch.Tensor | None = None, value_noise2: torch.Tensor | None = None,
             perturb_sd: tuple[torch.Tensor, torch.Tensor | None] | None = None,
             member_keys: torch.Tensor | None = None) -> dict:
         """Train every model on its own subset of (s, labels) [and mean forces: a Sobolev fit].
 
         Args:
             s: (P, cg_dim) CG points; labels: (P,) PMF labels in kT (finite).
-            split: "fraction": each model gets its own random ``train_fraction`` of the points;
-                "bagging": one common split (``train_fraction`` for training), and each model a
-                bootstrap resample of the training part.
+            options: how to train (:class:`FitOptions`: epochs, batch size, lr, split, ...).
+            rng: the run's numpy generator (splits, batches, bootstrap).
             grads: (P, cg_dim) mean-force labels dF/ds (kT per CG unit; NaN entries ignored), fitted
-                with weight ``gradient_weight`` (0: values only).
+                with weight ``options.gradient_weight`` (0: values only).
             value_se, grad_se: (P,), (P, cg_dim) standard errors of the labels: if given, each
                 residual is weighted by 1 / (se^2 + floor^2) (``se_floor`` = (value kT, gradient kT/unit)),
                 the weights normalized to mean 1 (a chi-square fit up to a scale); else uniform.
-            warm_start: continue from the current parameters (and input standardization, offset)
-                instead of re-initializing; the first fit always initializes.
-            patience: stop early once the training loss has not improved by 0.1 % for this many
-                epochs (None: run all ``epochs``).
             value_noise2: (P,) estimates of each label's noise variance (kT^2) for the calibration of
                 the std (NaN: unknown); None: value_se^2, else 0.
             member_keys: (P,) int64 stable identities of the points (e.g. dataset indices): with split
@@ -145,6 +168,10 @@ class PMFEnsemble(nn.Module):
             dict with the mean train and held-out MSE of the values over models (kT^2), and of the
             gradients if fitted ((kT/unit)^2).
         """
+        o = options
+        epochs, batch_size, lr, split, train_fraction = o.epochs, o.batch_size, o.lr, o.split, o.train_fraction
+        progress, gradient_weight, se_floor, warm_start, patience = (o.progress, o.gradient_weight, o.se_floor,
+                                                                     o.warm_start, o.patience)
         P = s.shape[0]
         if P < 2:
             raise ValueError(f"the ensemble needs at least 2 labelled CG points, got {P}")

@@ -32,8 +32,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cgflow.systems.molecules.ic.chirality import ChiralityCheck
+from cgflow.core.system import ReferencePMF, StartingData
+from cgflow.pmf.reference_file import load_reference
 from cgflow.systems.molecules.energy.backend import close_energy_backend, make_energy_backend
+from cgflow.systems.molecules.ic.chirality import ChiralityCheck
 from cgflow.systems.molecules.ic.internal_coordinates import (
     InternalCoordinateTransform,
     _as_mdtraj_topology,
@@ -41,8 +43,6 @@ from cgflow.systems.molecules.ic.internal_coordinates import (
     zmatrix_from_mdtraj_topology,
 )
 from cgflow.systems.molecules.starting_data import md_starting_data, minimize_positions
-from cgflow.pmf.reference_file import load_reference
-from cgflow.core.system import ReferencePMF, StartingData
 
 __all__ = ["MoleculeSystem", "alanine_dipeptide", "from_amber", "from_pdb_and_forcefield", "from_sequence",
            "parse_cg_spec", "package_data_file"]
@@ -310,7 +310,7 @@ class MoleculeSystem:
         """Release the energy backend's worker processes (if any)."""
         close_energy_backend(self.energy)
 
-    def __enter__(self) -> "MoleculeSystem":
+    def __enter__(self) -> MoleculeSystem:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -29,10 +29,15 @@ import uuid
 
 import numpy as np
 
-from cgflow.distributed.cluster import connect
 from cgflow.core.units import kT_kJ_per_mol
-from cgflow.systems.molecules.energy.openmm_pool import (LIVE_POOLS, BatchEnergyPool, WorkerError, chunk_bounds,
-                                                         evaluate_chunk)
+from cgflow.distributed.cluster import connect
+from cgflow.systems.molecules.energy.openmm_pool import (
+    LIVE_POOLS,
+    BatchEnergyPool,
+    WorkerError,
+    chunk_bounds,
+    evaluate_chunk,
+)
 
 __all__ = ["DaskEnergyPool", "OpenMMContextPlugin"]
 

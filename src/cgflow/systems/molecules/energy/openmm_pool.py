@@ -158,7 +158,7 @@ class _Worker:
         return self.process.is_alive()
 
 
-LIVE_POOLS: "weakref.WeakSet[BatchEnergyPool]" = weakref.WeakSet()  # closed at exit (also dask pools)
+LIVE_POOLS: weakref.WeakSet[BatchEnergyPool] = weakref.WeakSet()  # closed at exit (also dask pools)
 
 
 @atexit.register

@@ -73,7 +73,6 @@ are the plain phi / psi values.  Without a reference no normalization is applied
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
