@@ -7,4 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-${OMP_NUM_THREADS:-1}}"
+# lint and types first (config in pyproject.toml): a failure here fails the run, as in CI
+.venv/bin/ruff check src tests benchmarks examples
+.venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

@@ -31,7 +31,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cgflow.baselines.langevin import BatchedLangevin, LangevinState
-from cgflow.core.run_directory import RunDirectoryError, _atomic_write, atomic_torch_save, atomic_write_text
+from cgflow.core.run_directory import (
+    RunDirectoryError,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_text,
+    require_new_run_directory,
+)
 from cgflow.core.simulation_view import SimulationView
 
 MD_JSON = "md.json"
@@ -78,9 +84,7 @@ class MDRun:
                 saved = saved.model_copy(update={"n_steps": settings.n_steps})
             self.settings = saved
         else:
-            if self.run_dir.exists() and any(self.run_dir.iterdir()):
-                raise RunDirectoryError(f"run directory {self.run_dir} exists and is not empty (use --resume to "
-                                        f"continue it, or another --out)")
+            require_new_run_directory(self.run_dir, "use --resume to continue it, or another --out")
             if settings is None:
                 raise ValueError("settings are needed for a new MD run")
             self.settings = settings
@@ -221,7 +225,7 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
         np.save(buf, array)
         fh.write(buf.getvalue())
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def read_cg_trajectory(run_dir) -> tuple[np.ndarray, dict]:

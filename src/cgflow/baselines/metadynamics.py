@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.interpolate import RegularGridInterpolator
 
 from cgflow.core.geometry import compute_dihedrals
-from cgflow.core.run_directory import RunDirectoryError, atomic_write_text
+from cgflow.core.run_directory import atomic_write_text, require_new_run_directory
 from cgflow.core.simulation_view import SimulationView
 from cgflow.core.units import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K
 from cgflow.pmf.history import save_snapshot
@@ -230,8 +230,7 @@ class MetadynamicsRun:
     def __init__(self, view: SimulationView, run_dir, settings: MetadynamicsSettings, *, system_label: str = "",
                  progress: bool = True):
         self.view, self.run_dir, self.settings, self.progress = view, Path(run_dir), settings, progress
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise RunDirectoryError(f"run directory {self.run_dir} exists and is not empty; choose another --out")
+        require_new_run_directory(self.run_dir)
         self.system_label = system_label or view.name
         self.edges = [np.linspace(lo, hi, settings.n_bins + 1) for lo, hi in view.cg_domain]
         self.run_dir.mkdir(parents=True, exist_ok=True)

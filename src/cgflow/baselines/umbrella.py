@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cgflow.baselines.langevin import BatchedLangevin
 from cgflow.core.geometry import wrap_angle
-from cgflow.core.run_directory import RunDirectoryError, atomic_savez, atomic_write_text
+from cgflow.core.run_directory import atomic_savez, atomic_write_text, require_new_run_directory
 from cgflow.core.simulation_view import SimulationView
 from cgflow.pmf.history import save_snapshot
 
@@ -136,8 +136,7 @@ class UmbrellaRun:
     def __init__(self, view: SimulationView, run_dir, settings: UmbrellaSettings, *, system_label: str = "",
                  progress: bool = True):
         self.view, self.run_dir, self.settings, self.progress = view, Path(run_dir), settings, progress
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise RunDirectoryError(f"run directory {self.run_dir} exists and is not empty; choose another --out")
+        require_new_run_directory(self.run_dir)
         st = settings
         if st.production_steps % st.sample_every_steps:
             raise ValueError("production_steps must be a multiple of sample_every_steps")

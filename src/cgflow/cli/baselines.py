@@ -45,9 +45,14 @@ def _view(system_spec: str, set_: list[str], device: str = "cpu"):
 
 
 def _check_out(out: Path, resume: bool = False) -> None:
-    if not resume and out.exists() and any(out.iterdir()):
-        fail(f"run directory {out} exists and is not empty; choose another --out" +
-              (" or add --resume" if (out / "md.json").exists() else ""))
+    from cgflow.core.run_directory import RunDirectoryError, require_new_run_directory
+
+    if not resume:
+        try:
+            require_new_run_directory(out, "choose another --out" + (" or add --resume" if (out / "md.json").exists()
+                                                                     else ""))
+        except RunDirectoryError as err:
+            fail(str(err))
 
 
 @app.command()

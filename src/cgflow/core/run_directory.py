@@ -22,6 +22,14 @@ class RunDirectoryError(ValueError):
     """A problem with the run directory (exists without --resume, missing checkpoint, ...)."""
 
 
+def require_new_run_directory(path: Path, hint: str = "choose another --out") -> None:
+    """The one check before a new run writes anything: ``path`` must not exist or be empty, else a
+    one-line RunDirectoryError ending in ``hint``."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunDirectoryError(f"run directory {path} already exists and is not empty; {hint}")
+
+
 def _file_mode() -> int:
     """The mode a plainly created file gets (0666 less the umask; 0644 usually), not mkstemp's 0600."""
     umask = os.umask(0o022)
@@ -29,7 +37,7 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -46,15 +54,15 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda fh: fh.write(text.encode()))
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def atomic_torch_save(path: Path, obj) -> None:
-    _atomic_write(path, lambda fh: torch.save(obj, fh))
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def atomic_savez(path: Path, **arrays) -> None:
-    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:

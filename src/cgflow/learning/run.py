@@ -125,9 +125,8 @@ class ActiveLearningRun:
                 cfg = _config_for_object(cfg, system)
         if resume:
             cfg = self._check_resumable(cfg)
-        elif self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise rd.RunDirectoryError(f"run directory {self.run_dir} already exists; use --resume to continue it "
-                                       f"or choose another --out")
+        else:
+            rd.require_new_run_directory(self.run_dir, "use --resume to continue it or choose another --out")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
