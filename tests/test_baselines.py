@@ -1,4 +1,4 @@
-"""MD, umbrella sampling + MBAR, metadynamics and reference files (issue: baselines)."""
+"""MD, umbrella sampling + MBAR, metadynamics and reference files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""2-D marginals of CG spaces with d > 2 (issue 11): quasi-MC marginals against exact ones, pairs,
+"""2-D marginals of CG spaces with d > 2: quasi-MC marginals against exact ones, pairs,
 marginal reference files, `cgflow compare` and `cgflow reference` on marginals."""
 
 import json

@@ -1,4 +1,4 @@
-"""Plug-in systems (issue 11): a System from Python (object) or YAML (factory), bad factories,
+"""Plug-in systems: a System from Python (object) or YAML (factory), bad factories,
 and CG spaces of 1-4 dimensions on the analytic torus system of examples/torus_system.py."""
 
 import subprocess

@@ -1,4 +1,4 @@
-"""Issue 10, point 2: every accuracy figure says what it averages over.  Checked on the exact
+"""Every accuracy figure says what it averages over.  Checked on the exact
 Müller-Brown PMF (quadrature), where the answers are known by construction."""
 
 import numpy as np

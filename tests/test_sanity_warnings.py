@@ -1,4 +1,4 @@
-"""Issue 10, point 5: sanity warnings fire on a deliberately bad tiny run (console, metrics.csv,
+"""Sanity warnings fire on a deliberately bad tiny run (console, metrics.csv,
 summary) and each check fires exactly when it should."""
 
 import os

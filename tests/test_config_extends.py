@@ -1,4 +1,4 @@
-"""Issue 10, point 3: a YAML names what it extends and overrides only what it lists; an empty or
+"""A YAML names what it extends and overrides only what it lists; an empty or
 incomplete YAML is refused; syntax errors give line and column."""
 
 import subprocess

@@ -1,4 +1,4 @@
-"""Issue 10, point 4: a run killed before its first checkpoint can be started over with --resume;
+"""A run killed before its first checkpoint can be started over with --resume;
 a finished run can be extended through its stopping keys (the extension equals the longer run);
 other config changes on --resume are refused naming the keys; `md --resume --steps` below what was
 asked is an error."""

@@ -1,4 +1,4 @@
-"""Issue 10, points 1 and 6: the thread default, help text with defaults, full preset descriptions,
+"""The thread default, help text with defaults, full preset descriptions,
 no progress bars in logs, precise messages, files readable like any tool's."""
 
 import os
