@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -17,3 +20,10 @@ def cache(tmp_path_factory):
     mp.setenv("CGFLOW_CACHE_DIR", str(path))
     yield path
     mp.undo()
+
+
+def run_cgflow(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """`python -m cgflow.cli ARGS` in a subprocess (text output captured), as a user types it.
+    Imported by the CLI tests (``from conftest import run_cgflow``)."""
+    return subprocess.run([sys.executable, "-m", "cgflow.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import openmm
@@ -29,6 +27,7 @@ from cgflow.core.simulation_view import SimulationView
 from cgflow.pmf.history import read_history
 from cgflow.pmf.reference_file import ReferenceFileError, load_reference, save_reference
 from cgflow.systems.muller_brown import MullerBrownSystem, muller_brown_potential
+from conftest import run_cgflow
 
 
 @pytest.fixture(scope="module")
@@ -295,8 +294,7 @@ def test_reference_from_md_run_has_noise_floor(tmp_path, mb_view):
 
 # --- CLI ----------------------------------------------------------------------------------------
 def cgflow(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cgflow.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+    return run_cgflow(*args, cwd=cwd)
 
 
 def test_cli_md_resume_reference_compare(tmp_path):

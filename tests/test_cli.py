@@ -1,14 +1,13 @@
 """Bad input: one-line error, non-zero exit, nothing overwritten."""
 
-import subprocess
-import sys
 
 import pytest
 
+from conftest import run_cgflow
+
 
 def cgflow(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cgflow.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return run_cgflow(*args, cwd=cwd, timeout=300)
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -4,8 +4,6 @@ no progress bars in logs, precise messages, files readable like any tool's."""
 import os
 import re
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from cgflow.cli.run import preset_description
 from cgflow.config import preset_names, preset_text
 from cgflow.core.run_directory import atomic_write_text
 from cgflow.core.threads import DEFAULT_THREADS, THREAD_ENV_VARS, choose_threads
+from conftest import run_cgflow
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "by_example.epochs=2", "--set", "by_energy.epochs_first=1", "--set", "ensemble.epochs=10",
@@ -25,8 +24,7 @@ TINY = ["--set", "by_example.epochs=2", "--set", "by_energy.epochs_first=1", "--
 def cgflow(*args, cwd, env=None):
     e = {k: v for k, v in os.environ.items() if k not in THREAD_ENV_VARS}  # scripts/test.sh sets them
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "cgflow.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600, env=e)
+    return run_cgflow(*args, cwd=cwd, env=e)
 
 
 # --- point 1: threads ------------------------------------------------------------------------------

@@ -8,8 +8,6 @@ import importlib.metadata
 import json
 import math
 import os
-import subprocess
-import sys
 
 import mdtraj as md
 import numpy as np
@@ -23,6 +21,7 @@ from pydantic import ValidationError
 from cgflow.systems.molecules import peptide_builder as pb
 from cgflow.systems.molecules.config import MoleculeConfig, build_molecule_system
 from cgflow.systems.molecules.molecule_system import from_sequence
+from conftest import run_cgflow
 
 SEQ = "ACE ALA ALA ALA NME"
 CG6 = ["phi:1", "psi:1", "phi:2", "psi:2", "phi:3", "psi:3"]  # mdtraj residue index: ACE = 0
@@ -162,8 +161,7 @@ def test_missing_ambertools_is_a_clear_error(cache, monkeypatch):
 
 
 def _cgflow(*args, cwd, env):
-    return subprocess.run([sys.executable, "-m", "cgflow.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env=env)
+    return run_cgflow(*args, cwd=cwd, env=env, timeout=300)
 
 
 def test_cli_md_baseline_on_the_ala4_preset(cache, tmp_path):

@@ -1,7 +1,6 @@
 """Plug-in systems: a System from Python (object) or YAML (factory), bad factories,
 and CG spaces of 1-4 dimensions on the analytic torus system of examples/torus_system.py."""
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 from torus_system import TorusSystem, exact_pmf_kT  # noqa: E402
 
+from conftest import run_cgflow
+
 # small, fast settings on top of the example config (itself extending aldp-fast)
 FAST = ["ensemble.epochs=200", "ensemble.warm_epochs=60", "by_example.epochs=5", "by_energy.epochs_first=3",
         "by_energy.epochs_later=2", "metrics.n_integration_points=64", "metrics.grid_points=4000",
@@ -30,8 +31,7 @@ def torus_cfg(cg_dim, n_bins=20, extra=()):
 
 
 def cgflow(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "cgflow.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+    return run_cgflow(*args, cwd=cwd)
 
 
 def test_exact_pmf_of_the_example_matches_numerical_integration():
