@@ -41,13 +41,13 @@ def interleaved_medians(pools: dict, x, repeats: int) -> dict:
     of the machine's load (a shared machine) hits all of them alike.  One warm-up batch each."""
     for pool, chunk in pools.values():
         pool.max_chunk = chunk
-        pool.energies_and_forces(x)
+        pool.reduced_energies_and_forces(x)
     times = {k: [] for k in pools}
     for _ in range(repeats):
         for k, (pool, chunk) in pools.items():
             pool.max_chunk = chunk
             t0 = time.perf_counter()
-            pool.energies_and_forces(x)
+            pool.reduced_energies_and_forces(x)
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -100,11 +100,11 @@ def bench_openmm(system, xs: np.ndarray, min_time: float) -> tuple[float, int]:
 def bench_openmm_pool(system, x0, batches, min_time, rows, n_workers: int = 2) -> None:
     """Append rows for the OpenMM worker pool (n_workers processes, pinned, Threads=1 each)."""
     with OpenMMEnergyPool(system, temperature_K=300.0, n_workers=n_workers, pin=True) as pool:
-        pool.energies_and_forces(configurations(x0, 2 * n_workers, seed=0))  # warm up
+        pool.reduced_energies_and_forces(configurations(x0, 2 * n_workers, seed=0))  # warm up
         pinned = "pinned" if pool.pin else "not pinned"
         for b in batches:
             x = configurations(x0, b, seed=b)
-            per_call, calls = _timeit(lambda: pool.energies_and_forces(x), min_time, min_calls=1 if b > 4096 else 3)
+            per_call, calls = _timeit(lambda: pool.reduced_energies_and_forces(x), min_time, min_calls=1 if b > 4096 else 3)
             rows.append((f"openmm-pool ({n_workers} workers, CPU, Threads=1)", "cpu", "mixed", b, b / per_call,
                          calls * b, f"{n_workers} processes, {pinned}"))
             print(f"  {rows[-1]}", file=sys.stderr)
@@ -113,7 +113,7 @@ def bench_openmm_pool(system, x0, batches, min_time, rows, n_workers: int = 2) -
 def _energy_and_forces_fn(te: TorchEnergy, mode: str):
     """(B,N,3) -> (E, F) with the energy evaluated eagerly or by a compiled function."""
     if mode == "eager":
-        return te.energy_and_forces
+        return te.energy_and_forces_kJ_per_mol
     energy = torch.compile(te.energy_kJ_per_mol, mode=mode, dynamic=False)
     cudagraphs = mode == "reduce-overhead"
 

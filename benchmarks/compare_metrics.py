@@ -3,7 +3,10 @@ skipped); exit 1 on any difference.  Used by benchmarks/behaviour_preserved.sh.
 
     python benchmarks/compare_metrics.py BEFORE/metrics.csv AFTER/metrics.csv
 """
-import csv, sys
+import csv
+import sys
+
+
 def load(p):
     return list(csv.DictReader(open(p)))
 a, b = load(sys.argv[1]), load(sys.argv[2])

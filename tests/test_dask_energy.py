@@ -60,25 +60,25 @@ def test_equal_to_local_pool_in_order_and_nan_safe(system_and_x0, client, local_
     x[9, 0, 1] = np.inf
     x[20] *= 1e9  # beyond max_abs_coordinate
     x[30, 1] = x[30, 0]  # two atoms on top of each other: OpenMM's energy is not finite
-    e_ref, f_ref = local_reference.energies_and_forces(x)
+    e_ref, f_ref = local_reference.reduced_energies_and_forces(x)
     with DaskEnergyPool(system, T, scheduler=client, platform="Reference", max_chunk=5) as pool:
         assert pool.n_workers == 2
-        e, f = pool.energies_and_forces(x)
+        e, f = pool.reduced_energies_and_forces(x)
         assert e.shape == (37,) and f.shape == x.shape and e.dtype == np.float64
         _assert_equal_to_local(e, f, e_ref, f_ref)
         assert np.isnan(e[[4, 9, 20]]).all() and np.isnan(f[[4, 9, 20]]).all()
         assert np.isfinite(e).sum() >= 33  # the others are real energies
         # a permuted batch comes back permuted: results are in the order of the input
         perm = np.random.default_rng(2).permutation(37)
-        e_p, _ = pool.energies_and_forces(x[perm])
+        e_p, _ = pool.reduced_energies_and_forces(x[perm])
         np.testing.assert_array_equal(e_p, e[perm])
         # one configuration, (N, 3), and the count: every configuration once
-        e1, _ = pool.energies_and_forces(x[0])
+        e1, _ = pool.reduced_energies_and_forces(x[0])
         assert e1.shape == (1,) and e1[0] == e[0]
         assert pool.n_evaluations == 37 + 37 + 1
     assert pool._closed
     with pytest.raises(RuntimeError, match="closed"):
-        pool.energies_and_forces(x)
+        pool.reduced_energies_and_forces(x)
     # the client given is not closed with the pool, and no Context plugin stays behind
     assert client.status == "running"
 
@@ -89,7 +89,7 @@ def test_differentiable_through_make_energy_backend(system_and_x0, client, local
     with make_energy_backend("dask", system, T, scheduler=client, platform="Reference") as backend:
         u = backend.reduced_energy(x)
         u.sum().backward()
-    e_ref, f_ref = local_reference.energies_and_forces(x.detach().numpy())
+    e_ref, f_ref = local_reference.reduced_energies_and_forces(x.detach().numpy())
     np.testing.assert_allclose(u.detach().numpy(), e_ref, rtol=1e-10)
     np.testing.assert_allclose(x.grad.numpy(), -f_ref, rtol=1e-10, atol=1e-10 * np.abs(f_ref).max())
 
@@ -97,12 +97,12 @@ def test_differentiable_through_make_energy_backend(system_and_x0, client, local
 def test_killed_worker_mid_batch_loses_and_double_counts_nothing(system_and_x0, client, local_reference):
     system, x0 = system_and_x0
     x = _configs(x0, 240, seed=4)  # ~1 s per worker on the Reference platform
-    e_ref, f_ref = local_reference.energies_and_forces(x)
+    e_ref, f_ref = local_reference.reduced_energies_and_forces(x)
     with DaskEnergyPool(system, T, scheduler=client, platform="Reference", max_chunk=60) as pool:
         before = set(pool.worker_addresses)
         pids = client.run(os.getpid)
         out = {}
-        t = threading.Thread(target=lambda: out.update(zip("ef", pool.energies_and_forces(x))))
+        t = threading.Thread(target=lambda: out.update(zip("ef", pool.reduced_energies_and_forces(x))))
         t.start()
         victim = None
         deadline = time.monotonic() + 30
@@ -120,7 +120,7 @@ def test_killed_worker_mid_batch_loses_and_double_counts_nothing(system_and_x0, 
         # the worker was really replaced, and the new one has a Context too
         client.wait_for_workers(2, timeout=60)
         assert victim not in pool.worker_addresses and set(pool.worker_addresses) != before
-        e, _ = pool.energies_and_forces(x[:8])
+        e, _ = pool.reduced_energies_and_forces(x[:8])
         np.testing.assert_array_equal(e, out["e"][:8])
         assert pool.n_evaluations == 248
 
@@ -134,7 +134,7 @@ def test_config_route_with_a_scheduler_address(client, local_reference):
     try:
         assert isinstance(mol.energy, DaskEnergyPool) and mol.energy.n_workers == 2
         x = torch.as_tensor(mol.minimized_positions)[None] + 0.005 * torch.randn(4, mol.n_atoms, 3, dtype=torch.float64)
-        e_ref, _ = local_reference.energies_and_forces(x.numpy())
+        e_ref, _ = local_reference.reduced_energies_and_forces(x.numpy())
         # CPU platform (mixed precision) against Reference
         np.testing.assert_allclose(mol.energy.reduced_energy(x).numpy(), e_ref, rtol=1e-5, atol=1e-3)
     finally:

@@ -59,11 +59,11 @@ def test_matches_reference_context(system_and_x0, configs, pool):
     e_ref, f_ref = _reference_energies_forces(system, configs)
     # exactly the same numbers with Reference-platform workers
     with OpenMMEnergyPool(system, T, n_workers=2, platform="Reference") as ref_pool:
-        e, f = ref_pool.energies_and_forces(configs)
+        e, f = ref_pool.reduced_energies_and_forces(configs)
     np.testing.assert_allclose(e, e_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(f, f_ref, rtol=1e-10, atol=1e-9)
     # CPU platform (mixed precision) to its precision
-    e, f = pool.energies_and_forces(configs)
+    e, f = pool.reduced_energies_and_forces(configs)
     assert e.shape == (len(configs),) and f.shape == configs.shape
     np.testing.assert_allclose(e, e_ref, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(f, f_ref, rtol=1e-3, atol=1e-2 * np.abs(f_ref).max())
@@ -74,21 +74,21 @@ def test_bad_inputs_give_nan_not_exceptions(configs, pool):
     x[1, 3, 0] = np.nan
     x[2, 5, 1] = np.inf
     x[3] *= 1e9  # absurd
-    e, f = pool.energies_and_forces(x)
+    e, f = pool.reduced_energies_and_forces(x)
     assert np.isnan(e[[1, 2, 3]]).all() and np.isnan(f[[1, 2, 3]]).all()
-    e_good, f_good = pool.energies_and_forces(configs[[0, 4, 5]])
+    e_good, f_good = pool.reduced_energies_and_forces(configs[[0, 4, 5]])
     np.testing.assert_array_equal(e[[0, 4, 5]], e_good)
     np.testing.assert_array_equal(f[[0, 4, 5]], f_good)
-    assert pool.energies_and_forces(np.zeros((0, *configs.shape[1:])))[0].shape == (0,)
+    assert pool.reduced_energies_and_forces(np.zeros((0, *configs.shape[1:])))[0].shape == (0,)
 
 
 def test_killed_worker_is_restarted(configs, pool):
-    e0, f0 = pool.energies_and_forces(configs)
+    e0, f0 = pool.reduced_energies_and_forces(configs)
     restarts = pool.n_restarts
     victim = pool.worker_pids[0]
     os.kill(victim, signal.SIGKILL)
     time.sleep(0.05)
-    e1, f1 = pool.energies_and_forces(configs)
+    e1, f1 = pool.reduced_energies_and_forces(configs)
     np.testing.assert_array_equal(e0, e1)
     np.testing.assert_array_equal(f0, f1)
     assert pool.n_restarts == restarts + 1 and victim not in pool.worker_pids
@@ -96,11 +96,11 @@ def test_killed_worker_is_restarted(configs, pool):
 
 def test_n_evaluations_counts_every_configuration(configs, pool):
     n0 = pool.n_evaluations
-    pool.energies_and_forces(configs[:7])
-    pool.energies_and_forces(configs[0])  # one configuration (N, 3)
+    pool.reduced_energies_and_forces(configs[:7])
+    pool.reduced_energies_and_forces(configs[0])  # one configuration (N, 3)
     bad = configs[:3].copy()
     bad[0] = np.nan
-    pool.energies_and_forces(bad)
+    pool.reduced_energies_and_forces(bad)
     assert pool.n_evaluations == n0 + 7 + 1 + 3
 
 
@@ -109,7 +109,7 @@ def test_torch_gradient_is_minus_forces(configs, pool):
     u = reduced_energy_torch(pool, x)
     assert u.shape == (10,) and u.dtype == torch.float64
     (g,) = torch.autograd.grad(u.sum(), x)
-    e, f = pool.energies_and_forces(configs[:10])
+    e, f = pool.reduced_energies_and_forces(configs[:10])
     np.testing.assert_array_equal(u.detach().numpy(), e)
     np.testing.assert_array_equal(g.numpy(), -f)
     # a configuration that does not enter the loss does not poison the gradient with NaN forces
@@ -135,8 +135,8 @@ def test_close(system_and_x0):
     system, x0 = system_and_x0
     with make_energy_backend("openmm", system, T, n_workers=1) as p:
         procs = [w.process for w in p._workers]
-        assert np.isfinite(p.energies_and_forces(x0)[0]).all()
+        assert np.isfinite(p.reduced_energies_and_forces(x0)[0]).all()
     assert all(not pr.is_alive() for pr in procs)
     with pytest.raises(RuntimeError, match="closed"):
-        p.energies_and_forces(x0)
+        p.reduced_energies_and_forces(x0)
     p.close()  # idempotent

@@ -128,7 +128,7 @@ def test_pdb_energy(te64, system, x_pdb):
 def test_energies_and_forces_float64(te64, frames, reference):
     e_ref, f_ref = reference
     assert e_ref.max() > 1000.0  # the noisy frames really are high-energy
-    e, f = te64.energy_and_forces(torch.tensor(frames))
+    e, f = te64.energy_and_forces_kJ_per_mol(torch.tensor(frames))
     assert e.dtype == torch.float64 and e.shape == (len(frames),) and f.shape == frames.shape
     _assert_close(e.numpy(), f.numpy(), e_ref, f_ref, rel=1e-5)
     # in fact agreement is at round-off level
@@ -155,7 +155,7 @@ def test_float32_error(system, frames, reference):
     """float32: errors are what single precision gives (stated tolerances above)."""
     e_ref, f_ref = reference
     te32 = TorchEnergy(system, temperature_K=300.0, dtype=torch.float32)
-    e, f = te32.energy_and_forces(torch.tensor(frames))
+    e, f = te32.energy_and_forces_kJ_per_mol(torch.tensor(frames))
     assert e.dtype == torch.float32 and f.dtype == torch.float32
     de = np.abs(e.double().numpy() - e_ref)
     fmax = np.abs(f_ref).reshape(len(f_ref), -1).max(-1)
@@ -182,7 +182,7 @@ def test_builtin_gbsaobc_force(frames):
     s = _build_system(implicitSolvent=app.OBC2)
     assert any(isinstance(f, openmm.GBSAOBCForce) for f in s.getForces())
     e_ref, f_ref = _openmm_eval(_reference_context(s), frames[::3])
-    e, f = TorchEnergy(s, 300.0).energy_and_forces(torch.tensor(frames[::3]))
+    e, f = TorchEnergy(s, 300.0).energy_and_forces_kJ_per_mol(torch.tensor(frames[::3]))
     _assert_close(e.numpy(), f.numpy(), e_ref, f_ref, rel=1e-5)
 
 
@@ -198,14 +198,14 @@ def test_builtin_obc_buried_atom_term():
     x = rng.normal(0, 0.1, (6, 3, 3))
     x[:, 0] = x[:, 1] + rng.normal(0, 0.03, (6, 3))  # particle 0 buried in particle 1
     e_ref, f_ref = _openmm_eval(_reference_context(s), x)
-    e, f = TorchEnergy(s, 300.0).energy_and_forces(torch.tensor(x))
+    e, f = TorchEnergy(s, 300.0).energy_and_forces_kJ_per_mol(torch.tensor(x))
     _assert_close(e.numpy(), f.numpy(), e_ref, f_ref, rel=1e-9)
 
 
 def test_obc1_with_salt_and_dielectrics(frames):
     s = _build_system(implicitSolventKappa=1.0 / unit.nanometer, soluteDielectric=2.0, solventDielectric=80.0)
     e_ref, f_ref = _openmm_eval(_reference_context(s), frames[::4])
-    e, f = TorchEnergy(s, 300.0).energy_and_forces(torch.tensor(frames[::4]))
+    e, f = TorchEnergy(s, 300.0).energy_and_forces_kJ_per_mol(torch.tensor(frames[::4]))
     _assert_close(e.numpy(), f.numpy(), e_ref, f_ref, rel=1e-5)
 
 
@@ -225,7 +225,7 @@ def test_torsion_phase_and_coulomb_constant():
     s.addForce(nb)
     x = np.random.default_rng(3).normal(0, 0.3, (5, 4, 3))
     e_ref, f_ref = _openmm_eval(_reference_context(s), x)
-    e, f = TorchEnergy(s, 300.0).energy_and_forces(torch.tensor(x))
+    e, f = TorchEnergy(s, 300.0).energy_and_forces_kJ_per_mol(torch.tensor(x))
     _assert_close(e.numpy(), f.numpy(), e_ref, f_ref, rel=1e-10)
     assert math.isclose(ONE_4PI_EPS0, 138.935456, rel_tol=1e-7)
 
@@ -263,7 +263,7 @@ def test_nan_and_inf_positions(te64, frames):
     x[2, 0, 1] = float("inf")
     e = te64.energy_kJ_per_mol(x)
     assert torch.isfinite(e[0]) and torch.isnan(e[1]) and not torch.isfinite(e[2])
-    e2, f2 = te64.energy_and_forces(x)
+    e2, f2 = te64.energy_and_forces_kJ_per_mol(x)
     assert torch.isnan(e2[1]) and torch.isfinite(f2[0]).all()
 
 

@@ -17,7 +17,7 @@ and the same guarantees, on as many machines as the cluster spans:
 * :attr:`DaskEnergyPool.n_evaluations` counts every configuration passed in exactly once (retries
   are not counted again).
 
-Units as in the local pool: positions nm; ``energies_and_forces`` returns ``E/kT`` (B,) and ``F/kT``
+Units as in the local pool: positions nm; ``reduced_energies_and_forces`` returns ``E/kT`` (B,) and ``F/kT``
 (B, N, 3) in 1/nm; ``reduced_energy`` is differentiable (gradient ``-F/kT``).
 """
 
@@ -137,7 +137,7 @@ class DaskEnergyPool(BatchEnergyPool):
         timeout_s: how long to wait for the scheduler (and for ``n_workers`` workers).
 
     Attributes:
-        n_evaluations: configurations passed to :meth:`energies_and_forces` (each once, NaN ones
+        n_evaluations: configurations passed to :meth:`reduced_energies_and_forces` (each once, NaN ones
             included, retries not counted).
         kT: k_B T in kJ/mol.  n_particles: N.  client: the ``distributed.Client``.
     """
@@ -187,7 +187,7 @@ class DaskEnergyPool(BatchEnergyPool):
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Energies (kJ/mol) and forces (kJ/mol/nm) of x (B, N, 3), the chunks as dask tasks gathered in
-        order (called by :meth:`energies_and_forces`).  Raises WorkerError only when workers keep dying on
+        order (called by :meth:`reduced_energies_and_forces`).  Raises WorkerError only when workers keep dying on
         the same chunk."""
         from distributed import KilledWorker
 

@@ -17,7 +17,7 @@ Robustness:
 * workers are daemon processes, closed by :meth:`OpenMMEnergyPool.close`, by the context manager,
   by garbage collection, and at interpreter exit (``atexit``).
 
-Units: positions in nm; :meth:`OpenMMEnergyPool.energies_and_forces` returns reduced energies
+Units: positions in nm; :meth:`OpenMMEnergyPool.reduced_energies_and_forces` returns reduced energies
 ``E / kT`` (dimensionless) and reduced forces ``F / kT`` (1/nm).  :meth:`OpenMMEnergyPool.reduced_energy`
 is the differentiable torch interface (gradient ``-F / kT``) shared with
 :class:`cgflow.systems.molecules.energy.torch_energy.TorchEnergy`.
@@ -171,7 +171,7 @@ def _close_all_pools() -> None:
 
 
 class BatchEnergyPool:
-    """What every pool of OpenMM workers shares: given ``energies_and_forces(x (B, N, 3) nm) -> (E/kT (B,),
+    """What every pool of OpenMM workers shares: given ``reduced_energies_and_forces(x (B, N, 3) nm) -> (E/kT (B,),
     F/kT (B, N, 3))``, ``kT`` and ``close()``, the differentiable torch interface and the context manager.
     Subclasses: :class:`OpenMMEnergyPool` (local processes), :class:`cgflow.systems.molecules.energy.dask_pool.DaskEnergyPool`."""
 
@@ -188,7 +188,7 @@ class BatchEnergyPool:
     def close(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def energies_and_forces(self, x) -> tuple[np.ndarray, np.ndarray]:
+    def reduced_energies_and_forces(self, x) -> tuple[np.ndarray, np.ndarray]:
         """Reduced energies ``E/kT`` (B,) and reduced forces ``F/kT`` (B, N, 3) in 1/nm, in the order of x.
 
         x: positions (B, N, 3) (or (N, 3) for one configuration) in nm, any float dtype.
@@ -215,11 +215,11 @@ class BatchEnergyPool:
 
     reduced_energy_torch = reduced_energy
 
-    def energy_and_forces(self, x):
+    def energy_and_forces_kJ_per_mol(self, x):
         """TorchEnergy-like: (E (B,) kJ/mol, F (B, N, 3) kJ/mol/nm) as torch tensors like x."""
         import torch
 
-        u, f = self.energies_and_forces(x.detach().cpu().numpy())
+        u, f = self.reduced_energies_and_forces(x.detach().cpu().numpy())
         return (torch.as_tensor(u * self.kT, dtype=x.dtype, device=x.device),
                 torch.as_tensor(f * self.kT, dtype=x.dtype, device=x.device))
 
@@ -254,7 +254,7 @@ class OpenMMEnergyPool(BatchEnergyPool):
             does (default False: they only import this module, numpy and openmm).
 
     Attributes:
-        n_evaluations: configurations passed to :meth:`energies_and_forces` so far (each counted
+        n_evaluations: configurations passed to :meth:`reduced_energies_and_forces` so far (each counted
             once, including those answered with NaN, not counting retries).
         kT: k_B T in kJ/mol.
         n_particles: N.
@@ -457,7 +457,7 @@ def _function():
         class _PoolReducedEnergy(torch.autograd.Function):
             @staticmethod
             def forward(ctx, x, pool):
-                u, f = pool.energies_and_forces(x.detach().cpu().numpy())
+                u, f = pool.reduced_energies_and_forces(x.detach().cpu().numpy())
                 ctx.save_for_backward(torch.as_tensor(-f, dtype=x.dtype, device=x.device))
                 return torch.as_tensor(u, dtype=x.dtype, device=x.device)
 

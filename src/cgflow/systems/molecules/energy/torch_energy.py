@@ -685,7 +685,7 @@ class TorchEnergy(nn.Module):
         """Reduced potential energy u = E / (k_B T) (dimensionless), shape (B,).  x: (B, N, 3) nm."""
         return self.energy_kJ_per_mol(x) / self.kT
 
-    def energy_and_forces(self, x: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    def energy_and_forces_kJ_per_mol(self, x: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
         """Energy (kJ/mol, shape (B,)) and forces F = -dE/dx (kJ/mol/nm, shape (B, N, 3)).
 
         x: (B, N, 3) in nm.  The forces come from autograd on a detached copy of x (set
