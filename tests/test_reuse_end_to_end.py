@@ -28,10 +28,10 @@ def test_mean_force_labels_match_the_exact_gradient_and_the_sobolev_fit_is_bette
     run = ActiveLearningRun(cfg, tmp_path / "mb")
     run.run()
     lab = run.label_set()
-    s = lab["points"][:, 0].numpy()
-    good = (lab["ess"].numpy() > 5) & (s > -2.4) & (s < 1.0)
+    s = lab.points[:, 0].numpy()
+    good = (lab.ess.numpy() > 5) & (s > -2.4) & (s < 1.0)
     assert good.sum() > 50
-    mf, se = lab["mean_force"][:, 0].numpy()[good], lab["mean_force_se"][:, 0].numpy()[good]
+    mf, se = lab.mean_force[:, 0].numpy()[good], lab.mean_force_se[:, 0].numpy()[good]
     exact = exact_gradient(s[good], cfg.system.beta)
     assert np.corrcoef(mf, exact)[0, 1] > 0.95
     z = (mf - exact) / se
