@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from cgflow.config import ConfigError, RunConfig, dump_config, load_config, preset_names, validate_config
@@ -46,3 +48,32 @@ def test_missing_file_and_unknown_preset():
 
 def test_defaults_validate():
     assert isinstance(validate_config({}), RunConfig)
+
+
+EXAMPLE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_validates_and_roundtrips(name, tmp_path):
+    cfg = load_config(name)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(str(path)) == cfg
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLE_CONFIGS if p.name != "slurm-sweep.yaml"], ids=lambda p: p.name)
+def test_every_example_run_config_validates_and_builds_its_system(path, monkeypatch):
+    from cgflow.systems import build_system
+
+    monkeypatch.syspath_prepend(str(path.parent))  # the example's factory module lives beside it
+    cfg = load_config(str(path))
+    system = build_system(cfg.system, device="cpu")
+    assert system.cg_dim == len(system.cg_names) and len(system.cg_domain) == system.cg_dim
+
+
+def test_the_example_sweep_spec_validates():
+    from cgflow.learning.sweep import load_sweep_spec
+
+    spec = [p for p in EXAMPLE_CONFIGS if p.name == "slurm-sweep.yaml"]
+    assert spec, "examples/slurm-sweep.yaml is gone"
+    load_sweep_spec(spec[0])
