@@ -29,11 +29,13 @@ def test_deliberately_bad_tiny_run_warns_on_console_metrics_and_summary(tmp_path
     out = res.stdout
     assert "warning: poor ensemble fit" in out and "warning: low label ESS" in out
     summary = out[out.index("finished:"):]
-    assert "warnings: 2 in 1 iteration(s), 2 in the last one" in summary
+    # the third: the one labelled region leaves most of the model's probability unlabelled
+    assert "warnings: 3 in 1 iteration(s), 3 in the last one" in summary
+    assert "of the model's probability lies where no CG point was labelled" in summary
     assert "iteration 1: poor ensemble fit" in summary and "iteration 1: low label ESS" in summary
     row = rd.read_metrics_csv(tmp_path / "bad" / rd.METRICS)[-1]
     assert "poor ensemble fit" in row["warnings"] and "low label ESS" in row["warnings"]
-    assert len(row["warnings"].split("; ")) == 2
+    assert len(row["warnings"].split("; ")) == 3
 
 
 def test_ensemble_fit_check():

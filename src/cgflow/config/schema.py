@@ -203,10 +203,16 @@ class MetricsConfig(Strict):
 
 class StoppingConfig(Strict):
     """kld_threshold needs a reference (an oracle: for benchmarks); std_target_kT does not: stop when
-    the ensemble's Boltzmann-weighted std sum_b p(b) sigma(b) (p from the ensemble mean) falls below it."""
+    the ensemble's Boltzmann-weighted std sum_b p(b) sigma(b) (p from the ensemble mean) falls below it;
+    error_bar_target_kT: stop when the run's error bar (``error_bar_kT``, the predicted Boltzmann-weighted
+    absolute error, cgflow.pmf.error_bar) falls below it. Both are vetoed, and the MC-exhausted stop
+    turns into acquisition there, while a bin with F - min F < 10 kT has a per-bin error bar above
+    region_error_bar_kT (kT; null: no veto)."""
 
     kld_threshold: PositiveFloat | None = None
     std_target_kT: PositiveFloat | None = None
+    error_bar_target_kT: PositiveFloat | None = None
+    region_error_bar_kT: PositiveFloat | None = 1.0
     max_iterations: PositiveInt = 100
 
 

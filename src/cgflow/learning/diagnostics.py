@@ -83,6 +83,36 @@ def minimum_without_data_warning(pmf_kT: np.ndarray, grid: np.ndarray, points: n
             f"{radius:g}): it is extrapolated, not measured")
 
 
+UNLABELLED_MASS_FRACTION = 0.05
+"""Error bar: warn when more than this fraction of the model's probability lies in bins farther than
+the labels' reach from every labelled CG point."""
+
+
+def unlabelled_mass_warning(pmf_kT: np.ndarray, grid: np.ndarray, error_bar, names,
+                            max_fraction: float = UNLABELLED_MASS_FRACTION) -> str | None:
+    """Significant model probability where no CG point was labelled: the bins whose distance to the
+    nearest labelled point exceeds the labels' reach (``error_bar``: a
+    :class:`~cgflow.pmf.error_bar.ErrorBar`) hold more than ``max_fraction`` of exp(-F)."""
+    if error_bar is None:
+        return None
+    f = np.asarray(pmf_kT, dtype=np.float64).ravel()
+    fin = np.isfinite(f)
+    if not fin.any():
+        return None
+    p = np.where(fin, np.exp(-(np.where(fin, f, 0.0) - f[fin].min())), 0.0)
+    p /= p.sum()
+    far = error_bar.distance_to_labels > error_bar.reach
+    mass = float(p[far].sum())
+    if mass <= max_fraction:
+        return None
+    grid = np.asarray(grid, dtype=np.float64).reshape(f.size, -1)
+    i = int(np.argmax(np.where(far, p, -1.0)))
+    where = ", ".join(f"{n}={v:.3g}" for n, v in zip(names, grid[i]))
+    return (f"{mass:.0%} of the model's probability lies where no CG point was labelled (farther than "
+            f"{error_bar.reach:.3g} from every label; most around {where}): the PMF there is extrapolated, "
+            f"its error bar up to {float(error_bar.error_bar_kT[far].max()):.3g} kT")
+
+
 def sample_ess_warning(ess: float, n: int, fraction: float = SAMPLE_ESS_FRACTION,
                        minimum: float = SAMPLE_ESS_MIN) -> str | None:
     """`cgflow sample`: the effective sample size of the importance weights is low (below
@@ -111,6 +141,8 @@ def iteration_warnings(run, fit: dict, labels, pmf_kT: np.ndarray) -> list[str]:
         radius = max(radius, 0.5 * float(np.sqrt(np.sum(np.square(widths)))))
     out.append(minimum_without_data_warning(pmf_kT, _numpy(run.grid), _numpy(labels.points), system.cg_periodic,
                                             system.cg_domain, radius))
+    out.append(unlabelled_mass_warning(pmf_kT, _numpy(run.grid), getattr(run, "last_error_bar", None),
+                                       list(system.cg_names)))
     return [w.replace(";", ",") for w in out if w]  # "; " separates warnings in metrics.csv
 
 

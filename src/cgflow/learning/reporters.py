@@ -20,25 +20,30 @@ def _fmt_row(row: dict) -> str:
         std = row.get("ensemble_std_at_max_error_kT")
         parts.append(f"max err {row['pmf_max_abs_error_kT']:.2f} kT" +
                      (f" (std there {std:.2f})" if std is not None else ""))
-    if "boltzmann_std_kT" in row and "boltzmann_std_heldout_kT" in row:
-        parts.append(f"error bar {row['boltzmann_std_kT']:.3f}-{row['boltzmann_std_heldout_kT']:.3f} kT")
+    if "error_bar_kT" in row:
+        part = f"error bar {row['error_bar_kT']:.3f} kT"
+        if "abs_err_ref_weighted_kT" in row:
+            part += f" (actual {row['abs_err_ref_weighted_kT']:.3f}, 1-sigma coverage {row['coverage_1sigma']:.2f})"
+        parts.append(part)
     parts.append(f"{row['wall_time_s']:.1f} s")
     return " | ".join(parts)
 
 
 def error_bar_lines(row: dict) -> list[str]:
-    """The run's own error bar (no reference needed): the Boltzmann-weighted ensemble std and the same
-    scaled by the held-out calibration factor.  On alanine dipeptide the actual Boltzmann-weighted error
-    lay between the two in every iteration of three seeds (docs/results.md)."""
-    if "boltzmann_std_kT" not in row:
+    """The run's own error bar (no reference needed; cgflow.pmf.error_bar): the Boltzmann-weighted
+    absolute error it predicts and its largest per-bin value below F = 10 kT; with a reference the
+    actual error (reference weights) and the coverage beside it (calibration: docs/results.md)."""
+    if "error_bar_kT" not in row:
         return []
-    line = f"error bar (no reference used): Boltzmann-weighted ensemble std {row['boltzmann_std_kT']:.3f} kT"
-    if "boltzmann_std_heldout_kT" in row:
-        line += (f" (tends low) to {row['boltzmann_std_heldout_kT']:.3f} kT (held-out-scaled, tends high); "
-                 f"see docs/results.md")
-    if "boltzmann_abs_err_kT" in row:
-        line += f"; actual Boltzmann-weighted error {row['boltzmann_abs_err_kT']:.3f} kT"
-    return [line]
+    line = (f"error bar (no reference used): predicted Boltzmann-weighted absolute error {row['error_bar_kT']:.3f} kT "
+            f"(model weights); largest per-bin error bar below F = 10 kT: {row['error_bar_max_low_F_kT']:.3f} kT")
+    out = [line]
+    if "abs_err_ref_weighted_kT" in row:
+        out.append(f"actual Boltzmann-weighted absolute error {row['abs_err_ref_weighted_kT']:.3f} kT (reference "
+                   f"weights); the per-bin error bar covers the actual error in {row['coverage_1sigma']:.0%} of the "
+                   f"reference probability at 1 sigma (nominal 68 %), {row['coverage_2sigma']:.0%} at 2 sigma "
+                   f"(nominal 95 %)")
+    return out
 
 
 def accuracy_lines(row: dict) -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cgflow.analysis.metrics import probabilities_from_pmf
+from cgflow.analysis.metrics import LOW_FREE_ENERGY_KT, probabilities_from_pmf
 from cgflow.config import RunConfig, dump_config, validate_config
 from cgflow.core import run_directory as rd
 from cgflow.core.evaluation_counter import EvaluationCounter
@@ -37,6 +37,7 @@ from cgflow.learning.measure import Measure, Measurement
 from cgflow.learning.stopping import SCORE_ZERO, Stopping, StopReason, grid_finished, mc_exhausted
 from cgflow.learning.training import EnergyTimer, test_loss, train_by_energy_epoch, train_by_example
 from cgflow.pmf.ensemble import FitOptions, PMFEnsemble
+from cgflow.pmf.error_bar import ErrorBar, ErrorBarInputs, actual_error, error_bar_per_bin, predicted_abs_error
 from cgflow.pmf.history import save_snapshot
 from cgflow.sampling.acquisition import farthest_point_selection, spread_uniform_ball
 from cgflow.sampling.mc import find_high_error_points
@@ -134,6 +135,8 @@ class ActiveLearningRun:
         self.system = system if system is not None else build_system(cfg.system, device=self.device)
         self.measure = Measure.for_system(self.system, cfg.metrics)  # full grid (d <= 2) or marginals (d > 2)
         self.last_measurement: Measurement | None = None
+        self.last_labels: LabelSet | None = None  # the label phase's output of the latest iteration
+        self.last_error_bar: ErrorBar | None = None  # the measure phase's per-bin error bar
         self.state = RunState()
         self.dataset = ALDataset(self.system.cg_dim, cfg.by_energy.copies_per_point)
         features = CGFeatures(self.system.cg_periodic)
@@ -333,15 +336,36 @@ class ActiveLearningRun:
         """The 2-D marginals of the ensemble mean (d > 2; :class:`~cgflow.analysis.marginals.MarginalPMFs`)."""
         return self.measure.marginal_pmfs(self)
 
+    @torch.no_grad()
+    def error_bar(self, mean: np.ndarray, std: np.ndarray) -> ErrorBar:
+        """The per-bin error bar (:mod:`cgflow.pmf.error_bar`) of the ensemble mean on the evaluation
+        grid: ensemble std, label noise carried through the fit, distance to labelled data."""
+        lab = self.last_labels if self.last_labels is not None else self.label_set()
+        at_labels = self.ensemble.mean_and_std(lab.points.to(self.device))[0].cpu().double()
+        inputs = ErrorBarInputs(
+            grid=self.grid.numpy(), grid_shape=tuple(len(e) - 1 for e in self.edges), edges=self.edges,
+            mean_kT=mean.reshape(-1), std_kT=std.reshape(-1), label_points=lab.points.numpy(),
+            label_residual2_kT2=((at_labels - lab.pmf_kT.double()) ** 2).numpy(),
+            periodic=np.asarray(self.system.cg_periodic, bool), domain=np.asarray(self.system.cg_domain, float))
+        return error_bar_per_bin(inputs)
+
     def uncertainty(self, mean: np.ndarray, std: np.ndarray) -> dict:
-        """The ensemble's own error bar, no reference needed: ``boltzmann_std_kT`` = sum_b p(b) sigma(b)
-        with p from the ensemble mean; ``boltzmann_std_heldout_kT`` the same times the held-out factor k
-        of :meth:`PMFEnsemble._calibrate` (an upper bound: the label noise it must subtract is hard to
-        estimate, see docs/results.md).  With a reference also ``boltzmann_abs_err_kT`` = sum_b p(b)
-        |F(b) - F_ref(b) - c| (c the p-weighted mean offset): the actual error it predicts."""
+        """The run's own error bar, no reference needed (kept in :attr:`last_error_bar`):
+        ``error_bar_kT`` = the Boltzmann-weighted (model weights) absolute error that the per-bin error
+        bar predicts (:func:`cgflow.pmf.error_bar.predicted_abs_error`); ``error_bar_max_low_F_kT`` its
+        largest per-bin value where F_mean - min F_mean < LOW_FREE_ENERGY_KT (10 kT); the former
+        figures ``boltzmann_std_kT`` = sum_b p(b) sigma_ens(b) and ``boltzmann_std_heldout_kT`` (times
+        the held-out factor). With a reference also ``boltzmann_abs_err_kT`` (model weights, as before)
+        and the calibration figures of :func:`cgflow.pmf.error_bar.actual_error` (reference weights:
+        ``abs_err_ref_weighted_kT``, ``coverage_1sigma``, ``coverage_2sigma``)."""
         p = probabilities_from_pmf(mean)
         k = float(self.ensemble.std_scale)
-        out = {"boltzmann_std_kT": float(np.sum(p * std)), "boltzmann_std_heldout_kT": k * float(np.sum(p * std))}
+        eb = self.last_error_bar = self.error_bar(mean, std)
+        f = mean.reshape(-1)
+        low = (f - np.nanmin(f)) < LOW_FREE_ENERGY_KT
+        out = {"error_bar_kT": predicted_abs_error(f, eb.error_bar_kT),
+               "error_bar_max_low_F_kT": float(eb.error_bar_kT[low].max()) if low.any() else math.nan,
+               "boltzmann_std_kT": float(np.sum(p * std)), "boltzmann_std_heldout_kT": k * float(np.sum(p * std))}
         if self.reference is not None:
             ref = self.reference.prob
             ok = ref > 0
@@ -349,6 +373,7 @@ class ActiveLearningRun:
                 err = (mean - (-np.log(np.where(ok, ref, 1.0))))[ok]
             w = p[ok] / p[ok].sum()
             out["boltzmann_abs_err_kT"] = float(np.sum(w * np.abs(err - np.sum(w * err))))
+            out.update(actual_error(mean, ref, eb.error_bar_kT))
         return out
 
     @torch.no_grad()
@@ -430,6 +455,7 @@ class ActiveLearningRun:
 
         t1 = time.perf_counter()
         labels = self.label_set()
+        self.last_labels = labels
         times["t_labels_s"] = time.perf_counter() - t1
 
         t1 = time.perf_counter()
@@ -507,7 +533,11 @@ class ActiveLearningRun:
         else:
             pts, row = self._mc_candidates()
             if pts is None:
-                return 0, row
+                pts = self._unresolved_low_F_candidates(mean)
+                if pts is None:
+                    st.stop(mc_exhausted(sc.threshold, sc.max_steps))
+                    return 0, row
+                row["acquired_from_error_bar"] = int(pts.shape[0])
         centers = pts[farthest_point_selection(pts, a.n_select, self.system.cg_periodic, self.rng)]
         new = spread_uniform_ball(centers, a.spread_points, a.spread_radius, self.system.cg_periodic, self.rng)
         self.dataset.add(new, added_in=it, test_fraction=a.test_fraction, rng=self.rng)
@@ -515,8 +545,9 @@ class ActiveLearningRun:
         return new.shape[0], row
 
     def _mc_candidates(self) -> tuple[torch.Tensor | None, dict]:
-        """MC chains on the ensemble mean (method spec 2.9); (None, row) and the run stops if exhausted."""
-        cfg, st, sc = self.cfg, self.state, self.cfg.sampler
+        """MC chains on the ensemble mean (docs/method.md, active learning); (None, row) if exhausted
+        (the caller then looks for unresolved low-F bins, or stops)."""
+        cfg, sc = self.cfg, self.cfg.sampler
         mc = find_high_error_points(self.ensemble.mean_and_std, self._mc_starts().to(self.device),
                                     periodic=self.system.cg_periodic, step_size=sc.step_size,
                                     threshold=sc.threshold, n_find=sc.n_find, min_steps=sc.min_steps,
@@ -525,9 +556,28 @@ class ActiveLearningRun:
                                     progress=cfg.progress)
         row = {"mc_steps": mc.steps, "mc_acceptance": mc.acceptance}
         if mc.exhausted:
-            st.stop(mc_exhausted(sc.threshold, sc.max_steps))
             return None, row
         return mc.points.cpu(), row
+
+    def _unresolved_low_F_candidates(self, mean: np.ndarray) -> torch.Tensor | None:
+        """When the MC finds no point of high ensemble std: uniform points in the bins where
+        F_mean - min < LOW_FREE_ENERGY_KT and the per-bin error bar exceeds
+        ``stopping.region_error_bar_kT`` (at most ``sampler.n_find`` bins, drawn ~ exp(-beta F)
+        sigma^2), so that no run stops while such a region is left; None if there is none."""
+        ceiling, eb = self.cfg.stopping.region_error_bar_kT, self.last_error_bar
+        if ceiling is None or eb is None:
+            return None
+        f = mean.reshape(-1)
+        bad = ((f - np.nanmin(f)) < LOW_FREE_ENERGY_KT) & (eb.error_bar_kT > ceiling)
+        if not bad.any():
+            return None
+        score = np.where(bad, np.exp(-self.cfg.sampler.beta * (f - np.nanmin(f))) * eb.error_bar_kT**2, 0.0)
+        n = min(max(self.cfg.sampler.n_find, self.cfg.acquisition.n_select), int(bad.sum()))
+        bins = self.rng.choice(score.size, size=n, replace=False, p=score / score.sum())
+        idx = np.unravel_index(bins, mean.shape)
+        lo = np.stack([e[i] for e, i in zip(self.edges, idx)], 1)
+        hi = np.stack([e[i + 1] for e, i in zip(self.edges, idx)], 1)
+        return torch.as_tensor(lo + self.rng.random(lo.shape) * (hi - lo), dtype=torch.float64)
 
     def _save_pmf(self, mean, std) -> None:
         extra = {}
@@ -535,9 +585,19 @@ class ActiveLearningRun:
             extra["reference_prob"] = self.reference.prob
         rd.atomic_savez(self.run_dir / rd.PMF, **{f"edges_{i}": e for i, e in enumerate(self.edges)},
                         pmf_kT=mean - np.nanmin(mean), std_kT=std, prob=probabilities_from_pmf(mean),
+                        **self._error_bar_arrays(mean.shape),
                         points=self.dataset.points.numpy(), points_added_in=self.dataset.added_in.numpy(),
                         points_is_train=self.dataset.is_train.numpy(), cg_names=np.array(self.system.cg_names),
                         cg_periodic=np.array(self.system.cg_periodic), **extra, **self._marginal_arrays())
+
+    def _error_bar_arrays(self, shape: tuple) -> dict:
+        """pmf.npz entries of the per-bin error bar (kT, shaped like the bins) and its parts."""
+        eb = self.last_error_bar
+        if eb is None:
+            return {}
+        return {"error_bar_kT": eb.error_bar_kT.reshape(shape), "error_bar_label_noise_kT": eb.label_noise_kT.reshape(shape),
+                "error_bar_extrapolation_kT": eb.extrapolation_kT.reshape(shape),
+                "distance_to_labels": eb.distance_to_labels.reshape(shape)}
 
     def _marginal_arrays(self) -> dict:
         """pmf.npz entries of the 2-D marginals (d > 2; see :meth:`MarginalMeasure.pmf_arrays`)."""

@@ -266,6 +266,7 @@ class PMFEnsemble(nn.Module):
                         break
         out = {"ensemble_epochs": n_epochs}
         ho = torch.as_tensor(held_out, device=device)
+        self.last_held_out = ho.cpu()  # (K, P) bool: which model did not train on which point
         sk = s.unsqueeze(0).expand(K, -1, -1).clone().requires_grad_(use_grad)
         with torch.set_grad_enabled(use_grad):
             pred = self._forward_features(self.features(sk))
