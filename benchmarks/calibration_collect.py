@@ -1,6 +1,7 @@
 """Collect what a calibration study of the run's error bar needs, per iteration of an AL run.
 
     python benchmarks/calibration_collect.py PRESET_OR_YAML --seed N --out DIR [--set KEY=VALUE ...]
+                                             [--exact-pmf MODULE:FUNC]
 
 Runs ``cgflow run`` (Python API, no plots) and writes ``DIR/calib/iter_XXX.npz`` after every
 iteration: the members' predictions on the evaluation grid (K, n_bins) kT, the ensemble mean/std,
@@ -23,8 +24,9 @@ import torch
 class CalibrationDump:
     """A reporter (never changes what the run computes) that writes DIR/calib/iter_XXX.npz."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, exact_pmf=None):
         self.out = Path(out) / "calib"  # made at the first iteration (the run wants a new directory)
+        self.exact_pmf = exact_pmf  # f(points (n, d)) -> exact PMF (kT, (n,)), for systems of d > 2
 
     @torch.no_grad()
     def on_iteration(self, run, row: dict) -> None:
@@ -52,6 +54,10 @@ class CalibrationDump:
             arrays["label_se_factor"] = np.array(lab.se_factor)
         if run.reference is not None:
             arrays["reference_prob"] = run.reference.prob.reshape(-1)
+        elif self.exact_pmf is not None:  # d > 2: the exact PMF at the coarse grid's bin centres
+            f = self.exact_pmf(run.grid.numpy())
+            p = np.exp(-(f - f.min()))
+            arrays["reference_prob"] = p / p.sum()
         for i, e in enumerate(run.edges):
             arrays[f"edges_{i}"] = e
         np.savez_compressed(self.out / f"iter_{row['iteration']:03d}.npz", **arrays)
@@ -66,14 +72,25 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--exact-pmf", default=None,
+                    help="MODULE:FUNC giving the exact PMF (kT) at CG points (n, d), for d > 2 systems "
+                         "(e.g. torus_system:exact_pmf_kT); scored on the run's coarse full grid")
     a = ap.parse_args()
     torch.set_num_threads(1)
     from cgflow.config import load_config
     from cgflow.learning.reporters import ConsoleReporter
     from cgflow.learning.run import ActiveLearningRun
 
+    exact = None
+    if a.exact_pmf:
+        import importlib
+        import sys
+
+        sys.path.insert(0, ".")
+        mod, func = a.exact_pmf.split(":")
+        exact = getattr(importlib.import_module(mod), func)
     cfg = load_config(a.config, [*a.overrides, "progress=false"], a.seed)
-    run = ActiveLearningRun(cfg, a.out, reporters=[CalibrationDump(Path(a.out)), ConsoleReporter()])
+    run = ActiveLearningRun(cfg, a.out, reporters=[CalibrationDump(Path(a.out), exact), ConsoleReporter()])
     run.run()
 
 

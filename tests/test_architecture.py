@@ -22,8 +22,9 @@ ALLOWED = {
     "baselines": {"core", "pmf", "analysis"},
     "config": {"core", "systems", "distributed"},
     "learning": {"core", "flows", "pmf", "sampling", "distributed", "analysis", "systems", "config"},
+    "validation": {"core", "pmf", "analysis", "baselines"},
     "cli": {"core", "flows", "pmf", "sampling", "distributed", "analysis", "systems", "config", "learning",
-            "baselines"},
+            "baselines", "validation"},
 }
 
 

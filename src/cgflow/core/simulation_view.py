@@ -37,6 +37,9 @@ class SimulationView:
             domain's convention, differentiable (for restraints and for recording).
         reduced_energy_of_positions: (B, n_particles, 3) torch -> u (B,) kT, differentiable.
         cg_dim, cg_periodic, cg_domain, cg_names: as in the System protocol.
+        positions_of_configurations: the system's configurations (what ``System.from_internal``
+            returns, (B, ...)) -> positions (B, n_particles, 3) nm; None: they are positions already
+            (reshaped). Used to start MD from flow samples (``cgflow validate``).
     """
 
     name: str
@@ -53,6 +56,14 @@ class SimulationView:
     cg_periodic: tuple[bool, ...]
     cg_domain: tuple[tuple[float, float], ...]
     cg_names: tuple[str, ...]
+    positions_of_configurations: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def positions_of(self, configurations: torch.Tensor) -> torch.Tensor:
+        """(B, n_particles, 3) float64 nm of the system's configurations (B, ...)."""
+        x = configurations
+        if self.positions_of_configurations is not None:
+            x = self.positions_of_configurations(x)
+        return x.reshape(x.shape[0], self.n_particles, 3).to(torch.float64)
 
     @property
     def kT_kJ_per_mol(self) -> float:

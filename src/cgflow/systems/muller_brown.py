@@ -166,4 +166,5 @@ class MullerBrownSystem:
             temperature_K=temperature_K, timestep_fs=timestep_fs, make_cg_forces=make_cg_forces,
             cg_of_positions=lambda x: (x.reshape(x.shape[0], 3)[:, 0] - x.reshape(x.shape[0], 3)[:, 1])[:, None],
             reduced_energy_of_positions=reduced_energy_of_positions, cg_dim=1, cg_periodic=self.cg_periodic,
-            cg_domain=self.cg_domain, cg_names=self.cg_names)
+            cg_domain=self.cg_domain, cg_names=self.cg_names,
+            positions_of_configurations=lambda xy: torch.cat([xy, torch.zeros_like(xy[:, :1])], dim=1))

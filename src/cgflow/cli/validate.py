@@ -1,0 +1,76 @@
+"""`cgflow validate`: check a run's PMF by MD biased with it (no reference needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cgflow.cli.common import app, fail, set_threads, threads_option
+
+
+@app.command()
+def validate(
+    run_dir: Path = typer.Argument(..., help="A run directory with a checkpoint (cgflow run --out ...)."),
+    steps: int = typer.Option(5000, "--steps", help="Recorded MD steps per walker."),
+    walkers: int = typer.Option(64, "--walkers", help="Independent walkers, each started from a flow sample."),
+    equilibration_steps: int = typer.Option(500, "--equilibration-steps", help="Unrecorded steps per walker first."),
+    ceiling_kT: float = typer.Option(10.0, "--ceiling-kT",
+                                     help="The bias follows -F up to this many kT over the minimum, flat above."),
+    bins: Optional[int] = typer.Option(None, "--bins", help="Histogram bins per CG dimension (default 50/20/10 "
+                                                             "for d = 1/2/3)."),
+    timestep_fs: Optional[float] = typer.Option(None, "--timestep-fs", help="MD time step (default: the system's)."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default RUN/validate)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted validation in --out."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write validate.png."),
+    threads: Optional[int] = threads_option(),
+):
+    """Check a run's PMF by all-atom MD biased with it: if the PMF is right the biased CG histogram is
+    flat below the ceiling; its deviations are the PMF's error, with a bootstrap error bar over walkers.
+    Writes validate.json, validate.npz (residual, corrected PMF) and validate.png, and prints a verdict."""
+    from pydantic import ValidationError
+
+    from cgflow.core.run_directory import CHECKPOINT, PMF, RunDirectoryError
+
+    out = out or run_dir / "validate"
+    if not run_dir.is_dir():
+        fail(f"no such run directory: {run_dir}")
+    if not (run_dir / CHECKPOINT).is_file() or not (run_dir / PMF).is_file():
+        fail(f"{run_dir} has no {CHECKPOINT} and {PMF}: not a cgflow run directory, or its run stopped before "
+             f"its first iteration")
+    from cgflow.validation.biased_md import VALIDATE_CHECKPOINT, BiasedMDValidation, ValidationSettings
+
+    if resume and not (out / VALIDATE_CHECKPOINT).is_file():
+        fail(f"--resume: {out} holds no interrupted validation ({VALIDATE_CHECKPOINT})")
+    if not resume and out.exists() and any(out.iterdir()):
+        fail(f"{out} exists and is not empty; use --resume to continue it or choose another --out")
+    try:
+        settings = ValidationSettings(walkers=walkers, steps=steps, equilibration_steps=equilibration_steps,
+                                      ceiling_kT=ceiling_kT, bins=bins, timestep_fs=timestep_fs, seed=seed)
+    except ValidationError as err:
+        e = err.errors()[0]
+        fail(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}")
+    set_threads(threads)
+    from cgflow.core.simulation_view import simulation_view
+    from cgflow.learning.run import ActiveLearningRun
+    from cgflow.validation.biased_md import learned_pmf_of_run
+
+    try:
+        run = ActiveLearningRun(None, run_dir, resume=True)
+        view = simulation_view(run.system)
+        runner = BiasedMDValidation(learned_pmf_of_run(run, run_dir / PMF), view, out, settings, resume=resume,
+                                    progress=True)
+    except (RunDirectoryError, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    result, info = runner.run()
+    if plots:
+        from cgflow.validation.figure import plot_validation
+
+        plot_validation(out, out / "validate.png")
+    typer.echo(f"{info['evaluations']:,} MD energy evaluations ({settings.walkers} walkers x "
+               f"{info['md_steps_per_walker']:,} steps of {info['timestep_fs']} fs), {info['wall_s']:.1f} s; "
+               f"non-finite energies {info['nonfinite_energies']}; wrote {out}/validate.json, validate.npz"
+               + (", validate.png" if plots else ""))
+    typer.echo(info["verdict"])
