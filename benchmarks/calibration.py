@@ -10,7 +10,13 @@ sigma_c(b) (kT per bin) it prints
 * actual: sum_b p_ref(b) |F(b) - F_ref(b) - c|, c the p_ref-weighted mean of F - F_ref (reference
   weights);
 * ratio predicted/actual, and the coverages: the p_ref mass of bins with |F - F_ref - c| <= sigma_c
-  (1 sigma, nominal 0.683) and <= 2 sigma_c (nominal 0.954).
+  (1 sigma, nominal 0.683) and <= 2 sigma_c (nominal 0.954);
+* actual_model_kT / ratio_model: the same actual error with the model's weights (p_model, and c its
+  p_model-weighted mean), what the prediction averages over: the two differ when the model puts
+  probability where the reference has little (an extrapolated basin in an exploring iteration).
+
+``--plot OUT.png``: one row per system (run names SYSTEM_sSEED): predicted vs actual over iterations
+and seeds (the 1.5x band shaded), and the coverages against their nominal values.
 
 The candidates are the functions in CANDIDATES; the one cgflow ships is
 ``cgflow.pmf.error_bar.error_bar_per_bin`` (candidate "shipped").
@@ -77,7 +83,66 @@ def evaluate(d: dict, sigma: np.ndarray) -> dict:
     actual = float(np.sum(p_ref[ok] * np.abs(e[ok])))
     cov1 = float(np.sum(p_ref[ok] * (np.abs(e[ok]) <= sigma[ok])))
     cov2 = float(np.sum(p_ref[ok] * (np.abs(e[ok]) <= 2 * sigma[ok])))
-    return {"predicted_kT": pred, "actual_kT": actual, "ratio": pred / actual, "cov1": cov1, "cov2": cov2}
+    em = e[ok] - np.sum(p[ok] * e[ok]) / p[ok].sum()
+    actual_m = float(np.sum(p[ok] * np.abs(em)) / p[ok].sum())
+    return {"predicted_kT": pred, "actual_kT": actual, "ratio": pred / actual, "cov1": cov1, "cov2": cov2,
+            "actual_model_kT": actual_m, "ratio_model": pred / actual_m}
+
+
+def system_of(run: str) -> str:
+    return run.rsplit("_s", 1)[0]
+
+
+def summarize(rows: list[dict], label: str) -> str:
+    rat = np.array([x["ratio"] for x in rows])
+    ratm = np.array([x["ratio_model"] for x in rows])
+    c1 = np.array([x["cov1"] for x in rows])
+    c2 = np.array([x["cov2"] for x in rows])
+    return (f"{label:28s} n={len(rows):3d} | ratio {rat.min():.2f}-{rat.max():.2f} (median {np.median(rat):.2f}; "
+            f"{np.mean((rat >= 1 / 1.5) & (rat <= 1.5)):.0%} within 1.5x) | vs model-weighted actual: median "
+            f"{np.median(ratm):.2f}, {np.mean((ratm >= 1 / 1.5) & (ratm <= 1.5)):.0%} within 1.5x | cov1 "
+            f"{c1.min():.2f}-{c1.max():.2f} (median {np.median(c1):.2f}) | cov2 {c2.min():.2f}-{c2.max():.2f} "
+            f"(median {np.median(c2):.2f})")
+
+
+def plot(rows: list[dict], candidate: str, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [x for x in rows if x["candidate"] == candidate]
+    systems = sorted({system_of(x["run"]) for x in sel})
+    fig, axes = plt.subplots(len(systems), 2, figsize=(11, 4 * len(systems)), squeeze=False)
+    for ax, sysname in zip(axes, systems):
+        rs = [x for x in sel if system_of(x["run"]) == sysname]
+        act, pred = np.array([x["actual_kT"] for x in rs]), np.array([x["predicted_kT"] for x in rs])
+        it = np.array([x["iteration"] for x in rs])
+        lo, hi = min(act.min(), pred.min()) / 2, max(act.max(), pred.max()) * 2
+        t = np.geomspace(lo, hi, 10)
+        ax[0].fill_between(t, t / 1.5, t * 1.5, color="0.85", label="within 1.5x")
+        ax[0].plot(t, t, "k-", lw=0.8)
+        sc = ax[0].scatter(act, pred, c=it, cmap="viridis", s=30)
+        fig.colorbar(sc, ax=ax[0], label="iteration")
+        ax[0].set_xscale("log")
+        ax[0].set_yscale("log")
+        ax[0].set_xlabel("actual Boltzmann-weighted |error| (reference weights, kT)")
+        ax[0].set_ylabel("predicted: the run's error_bar_kT (kT)")
+        ax[0].set_title(f"{sysname}: predicted vs actual ({len({x['run'] for x in rs})} seeds)", fontsize=13)
+        ax[0].legend(loc="upper left")
+        for key, nominal, col in (("cov1", 0.683, "C0"), ("cov2", 0.954, "C3")):
+            for run in sorted({x["run"] for x in rs}):
+                r2 = [x for x in rs if x["run"] == run]
+                ax[1].plot([x["iteration"] for x in r2], [x[key] for x in r2], "o-", color=col, alpha=0.5, ms=4)
+            ax[1].axhline(nominal, color=col, ls="--", label=f"{key[-1]}-sigma coverage (nominal {nominal})")
+        ax[1].set_ylim(-0.02, 1.02)
+        ax[1].set_xlabel("iteration")
+        ax[1].set_ylabel("reference mass within k error bars")
+        ax[1].set_title(f"{sysname}: coverage", fontsize=13)
+        ax[1].legend(loc="lower right", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -86,6 +151,7 @@ def main() -> None:
     ap.add_argument("--from-iteration", type=int, default=3)
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
     ap.add_argument("--csv")
+    ap.add_argument("--plot", help="figure of the shipped candidate (PNG)")
     a = ap.parse_args()
     names = a.candidates.split(",")
     rows = []
@@ -100,12 +166,11 @@ def main() -> None:
         sel = [x for x in rows if x["candidate"] == n]
         if not sel:
             continue
-        rat = np.array([x["ratio"] for x in sel])
-        c1 = np.array([x["cov1"] for x in sel])
-        c2 = np.array([x["cov2"] for x in sel])
-        print(f"{n:10s} ratio {rat.min():.2f}-{rat.max():.2f} (median {np.median(rat):.2f}; "
-              f"{np.mean((rat >= 1 / 1.5) & (rat <= 1.5)):.0%} within 1.5x) | cov1 {c1.min():.2f}-{c1.max():.2f} "
-              f"(median {np.median(c1):.2f}) | cov2 {c2.min():.2f}-{c2.max():.2f} (median {np.median(c2):.2f})")
+        print(summarize(sel, f"{n}: all"))
+        for sysname in sorted({system_of(x["run"]) for x in sel}):
+            print(summarize([x for x in sel if system_of(x["run"]) == sysname], f"{n}: {sysname}"))
+    if a.plot:
+        plot(rows, "shipped", a.plot)
     if a.csv:
         import csv
 

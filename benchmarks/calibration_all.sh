@@ -15,7 +15,7 @@ collect() {  # name config seed [extra args]
   [ -d "$out/$name" ] && { echo "skip $name (exists)"; return; }
   taskset -c "$core" "$py" "$here/benchmarks/calibration_collect.py" "$cfg" --seed "$seed" \
     --out "$out/$name" "$@" > "$out/$name.log" 2>&1 || echo "FAILED $name (see $out/$name.log)"
-  rm -f "$out/$name/checkpoint.pt"; rm -rf "$out/$name/pmf_history"
+  rm -rf "$out/$name/pmf_history"  # checkpoint.pt kept: benchmarks/validate_aldp.py validates these runs
 }
 for what in "${@:-mb aldp torus2 torus4}"; do for w in $what; do case $w in
   mb) for s in 0 1 2 3 4; do collect "mb_s$s" mb $s; done ;;
