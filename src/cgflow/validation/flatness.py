@@ -137,7 +137,12 @@ def estimate(counts_per_walker: np.ndarray, fine_pmf_kT: np.ndarray, fine_error_
         boots[i] = _residual(counts_per_walker[rng.integers(0, W, W)].sum(0), w_norm, p_model)
     empty_frac = np.mean(~np.isfinite(boots), axis=0)
     resolved = np.isfinite(r) & (empty_frac <= UNRESOLVED_FRACTION) & (W > 1)
-    se = np.where(resolved, np.nanstd(boots, axis=0) if n_bootstrap > 1 else np.nan, np.nan)
+    import warnings
+
+    with warnings.catch_warnings():  # bins empty in every replicate: NaN, and unresolved anyway
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot_std = np.nanstd(boots, axis=0)
+    se = np.where(resolved, boot_std, np.nan)
     r = np.where(resolved, r, np.nan)
     if resolved.any():  # re-centre on the resolved bins only
         r = r - np.nansum(p_model * r) / p_model[resolved].sum()
