@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cgflow.analysis.metrics import LOW_FREE_ENERGY_KT, probabilities_from_pmf
-from cgflow.config import RunConfig, dump_config, validate_config
+from cgflow.config import RunConfig, check_against_system, dump_config, validate_config
 from cgflow.core import run_directory as rd
 from cgflow.core.evaluation_counter import EvaluationCounter
 from cgflow.core.features import CGFeatures
@@ -133,6 +133,8 @@ class ActiveLearningRun:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.system = system if system is not None else build_system(cfg.system, device=self.device)
+        if not resume:  # system-dependent settings (MC start, step size, radii, grid size): before anything is written
+            check_against_system(cfg, self.system)
         self.measure = Measure.for_system(self.system, cfg.metrics)  # full grid (d <= 2) or marginals (d > 2)
         self.last_measurement: Measurement | None = None
         self.last_labels: LabelSet | None = None  # the label phase's output of the latest iteration
