@@ -114,7 +114,8 @@ class ConsoleReporter:
         lines += accuracy_lines(last)
         lines += error_bar_lines(last)
         lines.append(f"energy evaluations: {c.total:,} in all = {c.training:,} training (drawn {c.drawn:,}, "
-                     f"rejected by filter {c.rejected:,}, non-finite {c.nonfinite:,}) + {c.diagnostics:,} "
+                     f"rejected by filter {c.rejected:,}, non-finite {c.nonfinite:,} = "
+                     f"{c.nonfinite / max(c.training, 1):.2%} of those evaluated) + {c.diagnostics:,} "
                      f"diagnostics + {c.starting_data:,} starting data")
         lines.append(f"wall time: {st.wall_time_s:.1f} s over {len(st.rows)} iterations")
         lines += warning_lines(st.rows)
