@@ -1,6 +1,12 @@
 """Loading a run configuration: presets shipped in the package, YAML files with ``extends:``,
 ``--set key.sub=value`` overrides, validation into :class:`~cgflow.config.schema.RunConfig` with
-one-line :class:`ConfigError` messages, and the differences between two configs (for --resume)."""
+one-line :class:`ConfigError` messages, and the differences between two configs (for --resume).
+
+A child config that replaces the parent's system (``extends:`` plus a ``system:`` naming another system)
+does not inherit the parent's keys with a per-system default (``sampler.start``, ``metrics.pairs``): they
+are reset to null (the new system's default) with a :class:`ConfigNote` unless the child lists them.  The
+other system-dependent values are checked once the system is built
+(:func:`cgflow.config.system_checks.check_against_system`)."""
 
 from __future__ import annotations
 
