@@ -1,6 +1,8 @@
 """Every accuracy figure says what it averages over.  Checked on the exact
 Müller-Brown PMF (quadrature), where the answers are known by construction."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -89,10 +91,11 @@ def test_console_and_summary_name_each_figure():
            "pmf_rmse_weighted_kT": 0.03, "pmf_rmse_unweighted_kT": 0.09, "pmf_max_abs_error_kT": 0.25,
            "ensemble_std_mean_kT": 0.05, "ensemble_std_at_max_error_kT": 0.04}
     line = _fmt_row(row)
-    assert "weighted 0.030" in line and "unweighted 0.090" in line and "max err 0.25" in line and "std" in line
+    assert "ref-weighted 0.030" in line and "unweighted 0.090" in line and "max err 0.25" in line and "std" in line
     text = "\n".join(accuracy_lines(row))
-    assert "weighted by the reference probability: 0.030 kT" in text
-    assert "F_ref < 10 kT" in text and "largest 0.250 kT" in text and "0.040 kT at the largest error" in text
+    assert "weighted by the reference probability [pmf_rmse_weighted_kT] = 0.030 kT" in text
+    assert "F_ref < 10 kT" in text and "largest [pmf_max_abs_error_kT] = 0.250 kT" in text
+    assert "at the largest error [ensemble_std_at_max_error_kT] = 0.040 kT" in text
 
 
 def test_run_metrics_have_the_named_columns(tmp_path):
@@ -109,3 +112,23 @@ def test_run_metrics_have_the_named_columns(tmp_path):
     from cgflow.analysis.plotting import plot_run
 
     assert [p.name for p in plot_run(tmp_path / "r")] == ["pmf.png", "kld.png"]
+    # issue 18.4: every figure of the summary names its metrics.csv column, with the value recorded there,
+    # and docs/method.md explains each of those columns
+    import csv
+    import re
+
+    from cgflow.learning.reporters import error_bar_lines
+
+    with open(tmp_path / "r" / "metrics.csv") as f:
+        saved = list(csv.DictReader(f))[-1]
+    text = "\n".join(accuracy_lines(row) + error_bar_lines(row))
+    named = re.findall(r"\[(\w+)\] = (-?[\d.e+-]+)", text)
+    assert {"forward_kld", "pmf_rmse_weighted_kT", "error_bar_kT", "abs_err_ref_weighted_kT"} <= {n for n, _ in named}
+    method = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    for name, value in named:
+        assert name in saved, name
+        assert float(value) == pytest.approx(float(saved[name]), rel=5e-3, abs=6e-3), name
+        assert f"`{name}`" in method, f"docs/method.md does not explain {name}"
+    # the model-weighted figure and the reference-weighted one say which weights they use
+    assert "weighted by the model's probability [error_bar_kT]" in text
+    assert "weighted by the reference probability [abs_err_ref_weighted_kT]" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Optional
 
 import typer
@@ -16,6 +17,23 @@ def _main() -> None:
     """PMFs in coarse-grained coordinates from conditional normalizing flows and active learning."""
     if not sys.stderr.isatty():
         quiet_progress_bars()
+    notes_as_one_line()
+
+
+def notes_as_one_line() -> None:
+    """Config notes (``cgflow.config.ConfigNote``, e.g. a key reset because ``extends:`` changed the
+    system) print as ``note: ...``, one line, not as a Python warning with its source line."""
+    base = warnings.formatwarning
+    if getattr(base, "_cgflow_notes", False):
+        return
+
+    def fmt(message, category, filename, lineno, line=None):
+        if category.__name__ == "ConfigNote":
+            return f"note: {message}\n"
+        return base(message, category, filename, lineno, line)
+
+    fmt._cgflow_notes = True  # type: ignore[attr-defined]
+    warnings.formatwarning = fmt
 
 
 def quiet_progress_bars() -> None:

@@ -1,9 +1,16 @@
 """Loading a run configuration: presets shipped in the package, YAML files with ``extends:``,
 ``--set key.sub=value`` overrides, validation into :class:`~cgflow.config.schema.RunConfig` with
-one-line :class:`ConfigError` messages, and the differences between two configs (for --resume)."""
+one-line :class:`ConfigError` messages, and the differences between two configs (for --resume).
+
+A child config that replaces the parent's system (``extends:`` plus a ``system:`` naming another system)
+does not inherit the parent's keys with a per-system default (``sampler.start``, ``metrics.pairs``): they
+are reset to null (the new system's default) with a :class:`ConfigNote` unless the child lists them.  The
+other system-dependent values are checked once the system is built
+(:func:`cgflow.config.system_checks.check_against_system`)."""
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -11,6 +18,12 @@ import yaml
 from pydantic import ValidationError
 
 from cgflow.config.schema import ConfigError, RunConfig
+from cgflow.config.system_checks import SYSTEM_DEFAULTED_KEYS
+
+
+class ConfigNote(UserWarning):
+    """A note about how a config was resolved (e.g. a key reset because ``extends:`` changed the
+    system); the CLI prints it as ``note: ...`` on stderr."""
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -129,7 +142,12 @@ def read_config_source(preset_or_path: str, _seen: tuple = (), _relative_to: Pat
     A file with ``extends: NAME`` (a preset, or a YAML path relative to the file) starts from that
     config and overrides only the keys it lists (sections merge key by key; a ``system`` section
     naming another system, i.e. another value of a key in :data:`SYSTEM_SOURCE_KEYS`, replaces the
-    parent's); chains are allowed.
+    parent's); chains are allowed.  When the system is replaced, the parent's keys with a per-system
+    default (:data:`~cgflow.config.system_checks.SYSTEM_DEFAULTED_KEYS`: ``sampler.start``,
+    ``metrics.pairs``) that the child does not list are reset to that default (null: the new system's
+    ``default_mc_start``, its pairs) with a :class:`ConfigNote`; every other system-dependent value
+    (step sizes, radii, grid sizes) is checked against the built system before a run writes anything
+    (:func:`~cgflow.config.system_checks.check_against_system`).
     A file without ``extends`` must list every section of the method (ConfigError naming the missing
     ones), and an empty file is an error: nothing silently falls back to built-in defaults.
     """
@@ -147,11 +165,31 @@ def read_config_source(preset_or_path: str, _seen: tuple = (), _relative_to: Pat
         if isinstance(sys_over, dict) and isinstance(sys_base, dict) and any(
                 k in sys_over and sys_over[k] != sys_base.get(k) for k in SYSTEM_SOURCE_KEYS):
             base = {**base, "system": {}}  # another system (kind or source) replaces the parent's system section
+            base = _reset_system_defaulted(base, data, name, parent.strip())
         return deep_merge(base, data)
     missing = missing_sections(data)
     if missing:
         raise ConfigError(f"{name} lacks the section(s) {', '.join(missing)}; either list them or {EXTENDS_HINT}")
     return data
+
+
+def _reset_system_defaulted(base: dict, child: dict, name: str, parent: str) -> dict:
+    """``base`` without the keys of :data:`SYSTEM_DEFAULTED_KEYS` that it sets and ``child`` does not
+    list: they were set for the parent's system, and the child describes another one.  Each reset is
+    announced with a :class:`ConfigNote`."""
+    out = dict(base)
+    for key in SYSTEM_DEFAULTED_KEYS:
+        section, sub = key.split(".")
+        sec = out.get(section)
+        if not isinstance(sec, dict) or sec.get(sub) is None:
+            continue
+        if isinstance(child.get(section), dict) and sub in child[section]:
+            continue  # the child chose it for its own system
+        warnings.warn(ConfigNote(f"{name} replaces the system of {parent}: {key} {sec[sub]!r}, set for that system, "
+                                 f"is reset to the new system's default (list {key} in {name} to choose one)"),
+                      stacklevel=2)
+        out[section] = {k: v for k, v in sec.items() if k != sub}
+    return out
 
 
 def load_config(preset_or_path: str, overrides: list[str] = (), seed: int | None = None) -> RunConfig:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+
+from cgflow.learning.dataset import NOT_DRAWN
 
 POOR_FIT_RMSE_KT = 2.0
 """Ensemble fit: warn when the RMSE on its own training labels exceeds this (kT)."""
@@ -127,10 +130,100 @@ def sample_ess_warning(ess: float, n: int, fraction: float = SAMPLE_ESS_FRACTION
             f"train longer)")
 
 
+NONFINITE_DRAW_FRACTION = 0.005
+"""Energies: warn when more than this fraction (0.5 %) of an iteration's evaluated draws had a non-finite
+energy (NaN/inf: a clash, a force-field failure).  Such a draw counts as a zero weight in the labels:
+where they cluster the PMF label is biased up and may vanish."""
+FILTERED_DRAW_FRACTION = 0.25
+"""Filter: warn when more than this fraction (25 %) of an iteration's draws was rejected by the system's
+filter (``valid``, e.g. the chirality check) before any energy was computed."""
+REGION_BAD_FRACTION = 0.5
+"""Per CG point: a point with more than this fraction of its draws of the iteration non-finite or filtered
+(and at least :data:`REGION_MIN_DRAWS` draws) is named in the warning, as are points that lost their label."""
+REGION_MIN_DRAWS = 4
+MAX_NAMED_POINTS = 5
+
+
+def nonfinite_draws_warning(n_evaluated: int, n_nonfinite: int, n_drawn: int, n_rejected: int,
+                            max_nonfinite: float = NONFINITE_DRAW_FRACTION,
+                            max_filtered: float = FILTERED_DRAW_FRACTION) -> str | None:
+    """Too many draws of one iteration gave no usable weight: non-finite energies above ``max_nonfinite``
+    of the evaluated draws, or filter rejections above ``max_filtered`` of all draws."""
+    parts = []
+    if n_evaluated > 0 and n_nonfinite / n_evaluated > max_nonfinite:
+        parts.append(f"{n_nonfinite / n_evaluated:.2%} of the {n_evaluated:,} energies evaluated this iteration were "
+                     f"not finite ({n_nonfinite:,}, above {max_nonfinite:.1%})")
+    if n_drawn > 0 and n_rejected / n_drawn > max_filtered:
+        parts.append(f"{n_rejected / n_drawn:.1%} of the {n_drawn:,} draws this iteration were rejected by the "
+                     f"system's filter ({n_rejected:,}, above {max_filtered:.0%})")
+    if not parts:
+        return None
+    return (" and ".join(parts) + ": such draws count as zero weights, so the PMF labels are biased up where they "
+            "cluster (check the energy function and the domain)")
+
+
+def _describe_points(points: np.ndarray, names) -> str:
+    """'s=1.52, s=1.61, ... (s in [1.5, 1.8])' for up to MAX_NAMED_POINTS points (P, d)."""
+    shown = ["(" + ", ".join(f"{n}={v:.3g}" for n, v in zip(names, p)) + ")" if len(names) > 1
+             else f"{names[0]}={p[0]:.3g}" for p in points[:MAX_NAMED_POINTS]]
+    more = f" and {len(points) - MAX_NAMED_POINTS} more" if len(points) > MAX_NAMED_POINTS else ""
+    span = "; ".join(f"{n} in [{lo:.3g}, {hi:.3g}]" for n, lo, hi in zip(names, points.min(0), points.max(0)))
+    return f"{', '.join(shown)}{more} ({span})"
+
+
+def region_draws_warning(points: np.ndarray, names, lost: np.ndarray, bad_fraction: np.ndarray,
+                         n_draws: np.ndarray, max_bad: float = REGION_BAD_FRACTION,
+                         min_draws: int = REGION_MIN_DRAWS) -> str | None:
+    """Per region: the train CG points (``points`` (P, d)) that lost their label (``lost`` (P,) bool: drawn,
+    but no finite weight, so no label) or whose draws of this iteration were mostly non-finite or filtered
+    (``bad_fraction`` (P,) over ``n_draws`` (P,) draws)."""
+    points = np.asarray(points, dtype=np.float64).reshape(len(lost), -1)
+    mostly_bad = (np.asarray(n_draws) >= min_draws) & (np.asarray(bad_fraction) > max_bad) & ~lost
+    parts = []
+    if lost.any():
+        order = np.argsort(points[lost][:, 0], kind="stable")
+        parts.append(f"{int(lost.sum())} CG point(s) lost their labels (every draw non-finite or filtered): "
+                     f"{_describe_points(points[lost][order], names)}")
+    if mostly_bad.any():
+        order = np.argsort(points[mostly_bad][:, 0], kind="stable")
+        parts.append(f"{int(mostly_bad.sum())} CG point(s) had more than {max_bad:.0%} of this iteration's draws "
+                     f"non-finite or filtered: {_describe_points(points[mostly_bad][order], names)}")
+    if not parts:
+        return None
+    return " and ".join(parts) + ": the PMF there is not measured"
+
+
+def draw_warnings(run) -> list[str | None]:
+    """The energy / filter warnings of the current iteration of ``run``: the iteration's share of non-finite
+    and filtered draws (the evaluation counter minus the previous metrics row) and, per CG point, the
+    points that lost their labels or whose draws were mostly bad (from the run's draw log)."""
+    c, rows = run.state.counter, run.state.rows
+    prev = rows[-1] if rows else {}
+    d = {k: getattr(c, k) - int(prev.get(f"evals_{k}", 0)) for k in ("drawn", "training", "rejected", "nonfinite")}
+    out = [nonfinite_draws_warning(d["training"], d["nonfinite"], d["drawn"], d["rejected"])]
+    ds = run.dataset
+    cols = ds.draws.columns()
+    now = cols["iteration"] == run.state.iteration
+    n = np.bincount(_numpy(cols["point"][now]), minlength=len(ds))
+    bad = np.bincount(_numpy(cols["point"][now]), weights=_numpy(~torch.isfinite(cols["log_w"][now])).astype(float),
+                      minlength=len(ds))
+    lost_all = _numpy(ds.is_train) & (_numpy(ds.status) != NOT_DRAWN).any(1)
+    lost_all[_numpy(run.last_labels.index) if run.last_labels is not None else []] = False
+    lost_all &= n > 0  # drawn this iteration: news of this iteration, not an old loss repeated
+    touched = lost_all | (n > 0)
+    if touched.any():
+        idx = np.flatnonzero(touched)
+        out.append(region_draws_warning(_numpy(ds.points)[idx], list(run.system.cg_names), lost_all[idx],
+                                        bad[idx] / np.maximum(n[idx], 1), n[idx]))
+    return out
+
+
 def iteration_warnings(run, fit: dict, labels, pmf_kT: np.ndarray) -> list[str]:
     """The warnings of one active-learning iteration of ``run`` (an ActiveLearningRun): ensemble fit,
     per-point label ESS (when the label estimator provides it: ``labels.ess``, a
-    :class:`~cgflow.learning.labelling.LabelSet`), PMF minimum without data."""
+    :class:`~cgflow.learning.labelling.LabelSet`), PMF minimum without data, unlabelled probability,
+    non-finite / filtered draws of the iteration and the CG points that lost their labels
+    (:func:`draw_warnings`)."""
     out = [ensemble_fit_warning(fit)]
     if labels.ess is not None:
         out.append(label_ess_warning(_numpy(labels.ess)))
@@ -143,6 +236,7 @@ def iteration_warnings(run, fit: dict, labels, pmf_kT: np.ndarray) -> list[str]:
                                             system.cg_domain, radius))
     out.append(unlabelled_mass_warning(pmf_kT, _numpy(run.grid), getattr(run, "last_error_bar", None),
                                        list(system.cg_names)))
+    out.extend(draw_warnings(run))
     return [w.replace(";", ",") for w in out if w]  # "; " separates warnings in metrics.csv
 
 

@@ -13,7 +13,7 @@ def _fmt_row(row: dict) -> str:
     if "forward_kld" in row:
         parts.append(f"forward KLD {row['forward_kld']:.3g}")
     if "pmf_rmse_weighted_kT" in row:
-        parts.append(f"PMF RMSE weighted {row['pmf_rmse_weighted_kT']:.3f} kT")
+        parts.append(f"PMF RMSE ref-weighted {row['pmf_rmse_weighted_kT']:.3f} kT")
     if "pmf_rmse_unweighted_kT" in row:
         parts.append(f"unweighted {row['pmf_rmse_unweighted_kT']:.3f} kT")
     if "pmf_max_abs_error_kT" in row:
@@ -21,53 +21,60 @@ def _fmt_row(row: dict) -> str:
         parts.append(f"max err {row['pmf_max_abs_error_kT']:.2f} kT" +
                      (f" (std there {std:.2f})" if std is not None else ""))
     if "error_bar_kT" in row:
-        part = f"error bar {row['error_bar_kT']:.3f} kT"
+        part = f"error bar model-weighted {row['error_bar_kT']:.3f} kT"
         if "abs_err_ref_weighted_kT" in row:
-            part += f" (actual {row['abs_err_ref_weighted_kT']:.3f}, 1-sigma coverage {row['coverage_1sigma']:.2f})"
+            part += (f" (actual ref-weighted {row['abs_err_ref_weighted_kT']:.3f}, 1-sigma coverage "
+                     f"{row['coverage_1sigma']:.2f})")
         parts.append(part)
     parts.append(f"{row['wall_time_s']:.1f} s")
     return " | ".join(parts)
 
 
 def error_bar_lines(row: dict) -> list[str]:
-    """The run's own error bar (no reference needed; cgflow.pmf.error_bar): the Boltzmann-weighted
-    absolute error it predicts and its largest per-bin value below F = 10 kT; with a reference the
-    actual error (reference weights) and the coverage beside it (calibration: docs/results.md)."""
+    """The run's own error bar (no reference needed; cgflow.pmf.error_bar): the absolute error it predicts,
+    weighted by the model's probability, and its largest per-bin value below F = 10 kT; with a reference the
+    actual absolute error weighted by the reference probability and the coverage beside it (calibration:
+    docs/results.md).  Each figure carries its metrics.csv column in brackets."""
     if "error_bar_kT" not in row:
         return []
-    line = (f"error bar (no reference used): predicted Boltzmann-weighted absolute error {row['error_bar_kT']:.3f} kT "
-            f"(model weights); largest per-bin error bar below F = 10 kT: {row['error_bar_max_low_F_kT']:.3f} kT")
-    out = [line]
+    out = [f"error bar (no reference used): predicted absolute error weighted by the model's probability "
+           f"[error_bar_kT] = {row['error_bar_kT']:.3f} kT; largest per-bin error bar where F_model < 10 kT "
+           f"[error_bar_max_low_F_kT] = {row['error_bar_max_low_F_kT']:.3f} kT"]
     if "abs_err_ref_weighted_kT" in row:
-        out.append(f"actual Boltzmann-weighted absolute error {row['abs_err_ref_weighted_kT']:.3f} kT (reference "
-                   f"weights); the per-bin error bar covers the actual error in {row['coverage_1sigma']:.0%} of the "
-                   f"reference probability at 1 sigma (nominal 68 %), {row['coverage_2sigma']:.0%} at 2 sigma "
-                   f"(nominal 95 %)")
+        out.append(f"actual absolute error weighted by the reference probability [abs_err_ref_weighted_kT] = "
+                   f"{row['abs_err_ref_weighted_kT']:.3f} kT; reference probability where the per-bin error bar "
+                   f"covers the actual error: at 1 sigma [coverage_1sigma] = {row['coverage_1sigma']:.2f} (nominal "
+                   f"0.68), at 2 sigma [coverage_2sigma] = {row['coverage_2sigma']:.2f} (nominal 0.95)")
     return out
 
 
 def accuracy_lines(row: dict) -> list[str]:
-    """The final accuracy figures, each named: what it averages over and how."""
+    """The final accuracy figures, each named for what it averages and by which weights, with its
+    metrics.csv column in brackets (docs/method.md, "Accuracy figures")."""
     if "forward_kld" not in row:
         return []
     if "forward_kld_max_pair" in row:  # d > 2: 2-D marginals
         pairs = {k[len("forward_kld["):-1]: v for k, v in row.items() if k.startswith("forward_kld[")}
         worst = max(pairs, key=pairs.get) if pairs else "?"
-        lines = [f"final forward KLD: {row['forward_kld']:.3g} (nats, mean over {len(pairs)} CG pairs of the 2-D marginal "
-                 f"KLDs; worst {worst} {row['forward_kld_max_pair']:.3g}; integration error "
-                 f"~{row.get('marginal_integration_error_kld', float('nan')):.2g})"]
+        lines = [f"final forward KLD, mean over {len(pairs)} CG pairs of the 2-D marginal KLDs (nats) [forward_kld] = "
+                 f"{row['forward_kld']:.3g}; worst {worst} [forward_kld_max_pair] = {row['forward_kld_max_pair']:.3g}; "
+                 f"integration error ~{row.get('marginal_integration_error_kld', float('nan')):.2g}"]
     else:
-        lines = [f"final forward KLD: {row['forward_kld']:.3g} (nats, KL(p_ref || p_model) on the reference bins)"]
+        lines = [f"final forward KLD, KL(p_ref || p_model) on the reference bins (nats) [forward_kld] = "
+                 f"{row['forward_kld']:.3g}"]
     if "forward_kld_max_pair" in row and "pmf_rmse_weighted_kT" in row:
         lines.append("PMF errors below: means over the CG pairs' 2-D marginals")
     if "pmf_rmse_weighted_kT" in row:
-        lines.append(f"PMF RMSE weighted by the reference probability: {row['pmf_rmse_weighted_kT']:.3f} kT")
+        lines.append(f"PMF RMSE weighted by the reference probability [pmf_rmse_weighted_kT] = "
+                     f"{row['pmf_rmse_weighted_kT']:.3f} kT")
     if "pmf_rmse_unweighted_kT" in row:
-        lines.append(f"PMF error where F_ref < {LOW_FREE_ENERGY_KT:g} kT (every bin alike, best shift): "
-                     f"RMSE {row['pmf_rmse_unweighted_kT']:.3f} kT, largest {row['pmf_max_abs_error_kT']:.3f} kT")
+        lines.append(f"PMF error where F_ref < {LOW_FREE_ENERGY_KT:g} kT, every bin alike (unweighted, best shift): "
+                     f"RMSE [pmf_rmse_unweighted_kT] = {row['pmf_rmse_unweighted_kT']:.3f} kT, largest "
+                     f"[pmf_max_abs_error_kT] = {row['pmf_max_abs_error_kT']:.3f} kT")
     if "ensemble_std_mean_kT" in row:
-        lines.append(f"ensemble std there: mean {row['ensemble_std_mean_kT']:.3f} kT, "
-                     f"{row['ensemble_std_at_max_error_kT']:.3f} kT at the largest error")
+        lines.append(f"ensemble std there: unweighted mean [ensemble_std_mean_kT] = {row['ensemble_std_mean_kT']:.3f} "
+                     f"kT, at the largest error [ensemble_std_at_max_error_kT] = "
+                     f"{row['ensemble_std_at_max_error_kT']:.3f} kT")
     return lines
 
 
@@ -114,7 +121,8 @@ class ConsoleReporter:
         lines += accuracy_lines(last)
         lines += error_bar_lines(last)
         lines.append(f"energy evaluations: {c.total:,} in all = {c.training:,} training (drawn {c.drawn:,}, "
-                     f"rejected by filter {c.rejected:,}, non-finite {c.nonfinite:,}) + {c.diagnostics:,} "
+                     f"rejected by filter {c.rejected:,}, non-finite {c.nonfinite:,} = "
+                     f"{c.nonfinite / max(c.training, 1):.2%} of those evaluated) + {c.diagnostics:,} "
                      f"diagnostics + {c.starting_data:,} starting data")
         lines.append(f"wall time: {st.wall_time_s:.1f} s over {len(st.rows)} iterations")
         lines += warning_lines(st.rows)

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cgflow.analysis.metrics import LOW_FREE_ENERGY_KT, probabilities_from_pmf
-from cgflow.config import RunConfig, dump_config, validate_config
+from cgflow.config import RunConfig, check_against_system, dump_config, validate_config
 from cgflow.core import run_directory as rd
 from cgflow.core.evaluation_counter import EvaluationCounter
 from cgflow.core.features import CGFeatures
@@ -39,7 +39,7 @@ from cgflow.learning.training import EnergyTimer, test_loss, train_by_energy_epo
 from cgflow.pmf.ensemble import FitOptions, PMFEnsemble
 from cgflow.pmf.error_bar import ErrorBar, ErrorBarInputs, actual_error, error_bar_per_bin, predicted_abs_error
 from cgflow.pmf.history import save_snapshot
-from cgflow.sampling.acquisition import farthest_point_selection, spread_uniform_ball
+from cgflow.sampling.acquisition import farthest_point_selection, reflect_into_domain, spread_uniform_ball
 from cgflow.sampling.mc import find_high_error_points
 from cgflow.systems import build_system
 
@@ -133,6 +133,8 @@ class ActiveLearningRun:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.system = system if system is not None else build_system(cfg.system, device=self.device)
+        if not resume:  # system-dependent settings (MC start, step size, radii, grid size): before anything is written
+            check_against_system(cfg, self.system)
         self.measure = Measure.for_system(self.system, cfg.metrics)  # full grid (d <= 2) or marginals (d > 2)
         self.last_measurement: Measurement | None = None
         self.last_labels: LabelSet | None = None  # the label phase's output of the latest iteration
@@ -216,8 +218,14 @@ class ActiveLearningRun:
         n_fill = self.cfg.acquisition.n_space_filling_seed_points
         if self.cfg.mode != "grid" and n_fill:
             seed_points = torch.cat([seed_points, self.space_filling_points(n_fill)])
-        self.dataset.add(seed_points, added_in=0, test_fraction=self.cfg.acquisition.test_fraction, rng=self.rng)
+        self.dataset.add(self.in_domain(seed_points), added_in=0, test_fraction=self.cfg.acquisition.test_fraction,
+                         rng=self.rng)
         self.state.wall_time_s += time.perf_counter() - t0
+
+    def in_domain(self, points: torch.Tensor) -> torch.Tensor:
+        """CG points folded into the system's cg_domain (:func:`~cgflow.sampling.acquisition.reflect_into_domain`):
+        every point that reaches the dataset (seeds, spreading) lies inside it."""
+        return reflect_into_domain(points.to(torch.float64).cpu(), self.system.cg_domain, self.system.cg_periodic)
 
     def space_filling_points(self, n: int) -> torch.Tensor:
         """n points of a scrambled Sobol sequence over the CG domain (seeded by the run's rng), (n, cg_dim)."""
@@ -538,8 +546,10 @@ class ActiveLearningRun:
                     st.stop(mc_exhausted(sc.threshold, sc.max_steps))
                     return 0, row
                 row["acquired_from_error_bar"] = int(pts.shape[0])
+        pts = self.in_domain(pts)  # MC without confine_to_domain may end outside
         centers = pts[farthest_point_selection(pts, a.n_select, self.system.cg_periodic, self.rng)]
-        new = spread_uniform_ball(centers, a.spread_points, a.spread_radius, self.system.cg_periodic, self.rng)
+        new = self.in_domain(spread_uniform_ball(centers, a.spread_points, a.spread_radius, self.system.cg_periodic,
+                                                 self.rng))
         self.dataset.add(new, added_in=it, test_fraction=a.test_fraction, rng=self.rng)
         st.mc_start = centers
         return new.shape[0], row

@@ -53,3 +53,22 @@ def spread_uniform_ball(centers: torch.Tensor, n_per_center: int, radius: float,
     r = radius * rng.random((C, n_per_center, 1)) ** (1.0 / d)
     pts = centers[:, None, :].cpu().numpy() + r * direction
     return wrap_periodic(torch.as_tensor(pts.reshape(C * n_per_center, d), dtype=centers.dtype), periodic)
+
+
+def reflect_into_domain(points: torch.Tensor, domain, periodic: tuple[bool, ...]) -> torch.Tensor:
+    """``points`` (P, d) folded into the CG domain: a non-periodic coordinate beyond an end is mirrored
+    back at it (repeatedly, so any value lands inside [low, high]); periodic ones are wrapped.  Points
+    inside are unchanged.  Spreading near an end so keeps its density inside the domain (a reflecting
+    wall), and no CG point that reaches the flow lies where the system's domain says none should be."""
+    pts = wrap_periodic(points.clone(), periodic)
+    for i, ((lo, hi), per) in enumerate(zip(domain, periodic)):
+        if per:
+            continue
+        lo, hi = float(lo), float(hi)
+        x = pts[:, i]
+        outside = (x < lo) | (x > hi)
+        if bool(outside.any()):
+            w = hi - lo
+            t = torch.remainder(x - lo, 2 * w)
+            pts[:, i] = torch.where(outside, lo + torch.where(t <= w, t, 2 * w - t), x)
+    return pts
