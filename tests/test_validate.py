@@ -193,3 +193,16 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(mb_run, tmp_path, args, m
 def test_cli_refuses_a_directory_that_is_no_run(tmp_path):
     res = run_cgflow("validate", str(tmp_path))
     assert res.returncode == 2 and "not a cgflow run directory" in res.stderr
+
+
+@pytest.mark.slow
+def test_the_bias_of_a_run_is_on_the_zero_of_its_pmf_file(mb_run):
+    from cgflow.learning.run import ActiveLearningRun
+    from cgflow.validation.biased_md import learned_pmf_of_run
+
+    run = ActiveLearningRun(None, mb_run, resume=True)
+    pmf = learned_pmf_of_run(run, mb_run / "pmf.npz")
+    c = 0.5 * (pmf.edges[0][1:] + pmf.edges[0][:-1])
+    with torch.no_grad():
+        f = pmf.mean_kT(torch.as_tensor(c[:, None]))
+    assert np.allclose(f.numpy(), pmf.fine_pmf_kT, atol=1e-4)  # else the ceiling sits at the wrong height

@@ -70,7 +70,8 @@ class LearnedPMF:
     """What validate needs of a finished run.
 
     Attributes:
-        mean_kT: s (B, d) float64 -> ensemble-mean PMF (B,) kT, differentiable.
+        mean_kT: s (B, d) float64 -> ensemble-mean PMF (B,) kT, differentiable, on the same zero as
+            ``fine_pmf_kT`` (the bias's ceiling is measured from that zero).
         sample_fg: s (B, d) -> (x_fg (B, fg_dim), valid (B,) bool) drawn through the flow.
         configurations: (s, x_fg) -> configurations of the system (what ``from_internal`` returns).
         edges: fine bin edges per CG dimension (the run's evaluation grid); fine_pmf_kT,
@@ -242,8 +243,13 @@ def learned_pmf_of_run(run, pmf_npz) -> LearnedPMF:
         fine = z["pmf_kT"].reshape(-1).astype(np.float64)
         eb = (z["error_bar_kT"] if "error_bar_kT" in z.files else z["std_kT"]).reshape(-1).astype(np.float64)
 
+    centres = np.stack([m.ravel() for m in np.meshgrid(*[0.5 * (e[1:] + e[:-1]) for e in edges], indexing="ij")], -1)
+    with torch.no_grad():  # pmf.npz holds mean - min(mean) on these bins: the same zero for the bias
+        device = next(ens.parameters()).device
+        offset = float(ens.mean_and_std(torch.as_tensor(centres, dtype=dtype, device=device))[0].min())
+
     def mean_kT(s: torch.Tensor) -> torch.Tensor:
-        return ens.mean_and_std(s.to(dtype))[0].to(torch.float64)
+        return ens.mean_and_std(s.to(dtype=dtype, device=device))[0].to(torch.float64).cpu() - offset
 
     def sample_fg(s: torch.Tensor):
         x_fg, _ = flow.sample(s)
