@@ -13,8 +13,8 @@ FORMATS = ("openmm", "plumed")
 SIGNS = ("bias", "pmf")
 
 
-def load_fitted_run(run_dir: Path):
-    """The run of ``run_dir`` with a fitted ensemble (at least one finished iteration), or a one-line failure."""
+def load_run(run_dir: Path):
+    """The run of ``run_dir`` (from its checkpoint), or a one-line failure."""
     from cgflow.core.run_directory import CHECKPOINT, RunDirectoryError
 
     if not run_dir.is_dir():
@@ -28,10 +28,14 @@ def load_fitted_run(run_dir: Path):
         run = ActiveLearningRun(None, run_dir, resume=True)
     except (RunDirectoryError, FileNotFoundError, ValueError) as err:
         fail(str(err).splitlines()[0] if str(err) else repr(err))
+    return run
+
+
+def require_fitted(run, run_dir: Path) -> None:
+    """A one-line failure unless the run's ensemble is fitted (at least one finished iteration)."""
     if not bool(run.ensemble.fitted) or run.state.iteration < 1:
         fail(f"{run_dir} has no fitted PMF yet (its checkpoint is from before the first iteration); run it first "
              f"(cgflow run --resume --out {run_dir})")
-    return run
 
 
 def ensemble_mean(run):
@@ -100,12 +104,13 @@ def export(
     if not out.parent.is_dir():
         fail(f"no such directory for --out: {out.parent}")
     set_threads(threads)
-    run = load_fitted_run(run_dir)
+    run = load_run(run_dir)
     system = run.system
     d = system.cg_dim
     if d > ex.MAX_EXPORT_DIM:
         fail(f"the CG space of {system.name} has {d} dimensions; export supports 1 to {ex.MAX_EXPORT_DIM} "
              f"(a grid of bins^d points)")
+    require_fitted(run, run_dir)
     cg_atoms = getattr(system, "cg_atoms", None)
     if format == "openmm" and cg_atoms is None:
         fail(f"system {system.name!r} has no CG dihedral atoms (not a molecule): --format openmm needs them; "
@@ -192,7 +197,8 @@ def simulate(
     if steps // every < 1:
         fail(f"--steps {steps} with --every {every} keeps no frame")
     set_threads(threads)
-    run = load_fitted_run(run_dir)
+    run = load_run(run_dir)
+    require_fitted(run, run_dir)
     system = run.system
     if all_atom is not None and not hasattr(system, "topology"):
         fail(f"system {system.name!r} has no all-atom topology to write (--all-atom)")
