@@ -313,6 +313,7 @@ def _one_line_error(res, *words):
         assert w in lines[0], lines[0]
 
 
+@pytest.mark.slow  # 16 CLI calls, ~4 s each
 def test_bad_input_fails_in_one_line_and_writes_nothing(mb_run, tmp_path):
     from cgflow.config import load_config
     from cgflow.learning.run import ActiveLearningRun
@@ -355,6 +356,7 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(mb_run, tmp_path):
     assert (tmp_path / "t.npz").read_text() == "mine"
 
 
+@pytest.mark.slow  # builds a 4-D torus run (~10 s)
 def test_export_refuses_an_unsupported_dimension(tmp_path, cache):
     from cgflow.config import load_config
     from cgflow.learning.run import ActiveLearningRun
@@ -362,7 +364,8 @@ def test_export_refuses_an_unsupported_dimension(tmp_path, cache):
     sys.path.insert(0, str(ROOT / "examples"))
     (tmp_path / "torus.yaml").write_text(
         'extends: mb\nsystem: {name: python, factory: "torus_system:make_system", '
-        "kwargs: {cg_dim: 4, n_bins: 6, n_starting_chains: 4, mc_steps: 40}}\n")
+        "kwargs: {cg_dim: 4, n_bins: 6, n_starting_chains: 4, mc_steps: 40}}\n"
+        "flow: {kind: spline, n_blocks: 1, hidden: [8], n_res_blocks: 1, n_bins: 4, tail_bound: 5.0}\n")
     cfg = load_config(str(tmp_path / "torus.yaml"), ["progress=false", "by_example.epochs=1"], seed=0)
     ActiveLearningRun(cfg, tmp_path / "t4")
     res = run_cgflow("export", "t4", "--format", "plumed", "--out", "a.dat", "--temperature-K", "300", cwd=tmp_path,
