@@ -6,7 +6,7 @@ from importlib import import_module
 
 from cgflow.cli.common import app
 
-for _group in ("run", "baselines", "sweep", "validate"):  # registers the commands on app, in this order (--help)
+for _group in ("run", "baselines", "sweep", "tools", "validate"):  # registers the commands on app, in this order (--help)
     import_module(f"cgflow.cli.{_group}")
 
 __all__ = ["app"]

@@ -131,17 +131,14 @@ def sample(
     if len(values) != system.cg_dim:
         fail(f"--cg has {len(values)} values, the CG space of {system.name} has {system.cg_dim} ({', '.join(system.cg_names)})")
     s = torch.tensor([values] * n, dtype=torch.float64, device=run.device)
-    with torch.no_grad():
-        x_fg, log_q = run.flow.sample(s)
-        ok = system.valid(s, x_fg)
-        log_p = system.log_target(s, x_fg)
-        xyz, _ = system.from_internal(s, x_fg)
-    log_w = (log_p - log_q).cpu().numpy()
-    log_w[~ok.cpu().numpy()] = -np.inf
+    xyz, ok_np, log_p, log_q = draw_structures(run, s)
+    ok = torch.as_tensor(ok_np)
+    log_w = log_p - log_q
+    log_w[~ok_np] = -np.inf
     import mdtraj as md
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    md.Trajectory(xyz.cpu().numpy(), system.topology).save(str(out))
+    md.Trajectory(xyz, system.topology).save(str(out))
     finite = np.isfinite(log_w)
     w = np.zeros_like(log_w)
     if finite.any():
@@ -158,6 +155,26 @@ def sample(
     warning = sample_ess_warning(ess, n)
     if warning:
         typer.echo(f"warning: {warning}", err=True)
+
+
+def draw_structures(run, s, batch_size: int = 512):
+    """Backmapping: one flow draw per CG point s (n, cg_dim) -> (xyz (n, atoms, 3) nm, accepted by the system's
+    filter (n,), log p~ (n,), log q (n,)) as numpy arrays (kT); shared by `sample` and `simulate --all-atom`."""
+    import numpy as np
+    import torch
+
+    system = run.system
+    parts = []
+    for start in range(0, s.shape[0], batch_size):
+        sb = s[start:start + batch_size].to(device=run.device, dtype=torch.float64)
+        with torch.no_grad():
+            x_fg, log_q = run.flow.sample(sb)
+            ok = system.valid(sb, x_fg)
+            log_p = system.log_target(sb, x_fg)
+            xyz, _ = system.from_internal(sb, x_fg)
+        parts.append((xyz.cpu().numpy(), ok.cpu().numpy().astype(bool), log_p.double().cpu().numpy(),
+                      log_q.double().cpu().numpy()))
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
 
 
 def preset_description(text: str) -> str:
