@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--timestep-fs", type=float, default=2.0)
     ap.add_argument("--damage-kT", type=float, default=1.0)
     ap.add_argument("--ceiling-kT", type=float, default=10.0)
+    ap.add_argument("--record-every", type=int, default=10)
+    ap.add_argument("--chunk-steps", type=int, default=500)
     a = ap.parse_args()
     torch.set_num_threads(1)
     from machine import describe_machine
@@ -103,7 +105,8 @@ def main() -> None:
                 fine_pmf_kT=base.fine_pmf_kT + damage(centres, dmg).numpy(), fine_error_bar_kT=base.fine_error_bar_kT,
                 cg_names=base.cg_names, cg_periodic=base.cg_periodic, cg_domain=base.cg_domain)
             st = ValidationSettings(walkers=a.walkers, steps=a.steps, equilibration_steps=a.equilibration_steps,
-                                    timestep_fs=a.timestep_fs, ceiling_kT=a.ceiling_kT, seed=0)
+                                    timestep_fs=a.timestep_fs, ceiling_kT=a.ceiling_kT, seed=0,
+                                    record_every=a.record_every, chunk_steps=a.chunk_steps)
             vdir = out / f"{rd.name}_damage{dmg:g}"
             v = BiasedMDValidation(pmf, view, vdir, st, resume=(vdir / "validate_checkpoint.pt").is_file(),
                                    progress=False)
@@ -114,8 +117,7 @@ def main() -> None:
             counts = np.load(vdir / "validate.npz")["counts_by_chunk"]
             prefixes = []
             n_chunks = counts.shape[0]
-            for frac in (0.125, 0.25, 0.5, 1.0):
-                m = max(1, round(n_chunks * frac))
+            for m in sorted({max(1, round(n_chunks * f)) for f in (0.125, 0.25, 0.5, 1.0)}):
                 r = v.evaluate(counts[:m].sum(0))
                 steps = min(m * st.chunk_steps, st.equilibration_steps + st.steps)
                 prefixes.append({"md_steps_per_walker": steps, "evaluations": st.walkers * (1 + steps),

@@ -10,7 +10,9 @@ The bias.  With the learned PMF F (kT) and a ceiling C (kT), the simulation adds
     r(b) = -ln(h(b) / w_norm(b)) + const,     w_norm = w / sum(w),
 
 the constant fixed so that the model-probability-weighted mean of r over sampled bins is 0 (the
-PMF's own zero is arbitrary).  The corrected PMF is ``F + r`` where sampled.
+PMF's own zero is arbitrary).  The corrected PMF is ``F + r * max(0, 1 - se^2 / r^2)`` on resolved bins
+(positive-part James-Stein shrinkage on the MD evidence alone: a residual within its own noise is not
+applied; the raw ``F + r`` made a good PMF worse, docs/results.md).
 
 Error bars.  Walkers are independent (each started from its own flow sample), so they are the
 blocks of a block bootstrap: resample walkers with replacement, recompute r.  ``residual_se_kT`` is
@@ -77,7 +79,7 @@ class FlatnessEstimate:
         p_model: model probability per coarse bin; run_error_bar_per_bin_kT: the run's error bar.
         residual_kT: r = F_true - F (centred; NaN where unresolved); residual_se_kT: bootstrap std.
         resolved: bool mask; z: r / sqrt(eb^2 + se^2) (NaN where unresolved).
-        corrected_fine_pmf_kT: F + r on the fine bins of the run (F where unresolved), min 0.
+        corrected_fine_pmf_kT: F + shrunk r on the fine bins of the run (F where unresolved), min 0.
         summary: the figures of the module docstring (a JSON-ready dict).
     """
 
@@ -197,6 +199,8 @@ def estimate(counts_per_walker: np.ndarray, fine_pmf_kT: np.ndarray, fine_error_
                           f"Boltzmann-weighted error {abs_err:.3f} ± {summary['md_abs_error_se_kT']:.3f} kT (noise floor "
                           f"{summary['md_noise_floor_kT']:.3f}), the run's error bar {summary['run_error_bar_kT']:.3f} kT; "
                           f"{worst_text}")
-    corrected = f + np.where(np.isfinite(r[fine_coarse_index]), r[fine_coarse_index], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shrunk = np.where(resolved, r * np.maximum(0.0, 1.0 - se ** 2 / np.maximum(r ** 2, 1e-300)), 0.0)
+    corrected = f + shrunk[fine_coarse_index]
     return FlatnessEstimate(coarse_edges, counts, w_norm, p_model, eb, r, se, resolved, z,
                             corrected - np.nanmin(corrected), summary)
