@@ -126,6 +126,10 @@ def plot(rows: list[dict], candidate: str, png: str) -> None:
         fig.colorbar(sc, ax=ax[0], label="iteration")
         ax[0].set_xscale("log")
         ax[0].set_yscale("log")
+        from matplotlib.ticker import NullFormatter
+
+        ax[0].xaxis.set_minor_formatter(NullFormatter())
+        ax[0].yaxis.set_minor_formatter(NullFormatter())
         ax[0].set_xlabel("actual Boltzmann-weighted |error| (reference weights, kT)")
         ax[0].set_ylabel("predicted: the run's error_bar_kT (kT)")
         ax[0].set_title(f"{sysname}: predicted vs actual ({len({x['run'] for x in rs})} seeds)", fontsize=13)
