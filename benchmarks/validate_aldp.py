@@ -118,6 +118,8 @@ def main() -> None:
             prefixes = []
             n_chunks = counts.shape[0]
             for m in sorted({max(1, round(n_chunks * f)) for f in (0.125, 0.25, 0.5, 1.0)}):
+                if counts[:m].sum() == 0:  # equilibration only
+                    continue
                 r = v.evaluate(counts[:m].sum(0))
                 steps = min(m * st.chunk_steps, st.equilibration_steps + st.steps)
                 prefixes.append({"md_steps_per_walker": steps, "evaluations": st.walkers * (1 + steps),
