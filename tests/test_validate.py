@@ -206,3 +206,35 @@ def test_the_bias_of_a_run_is_on_the_zero_of_its_pmf_file(mb_run):
     with torch.no_grad():
         f = pmf.mean_kT(torch.as_tensor(c[:, None]))
     assert np.allclose(f.numpy(), pmf.fine_pmf_kT, atol=1e-4)  # else the ceiling sits at the wrong height
+
+
+def test_more_than_three_cg_dimensions_are_refused(tmp_path):
+    system = MullerBrownSystem()
+    pmf = _mb_learned_pmf(system)[0]
+    pmf.cg_names = ("a", "b", "c", "d")
+    with pytest.raises(ValueError, match="d <= 3"):
+        BiasedMDValidation(pmf, system.simulation_view(), tmp_path / "v", ValidationSettings(), progress=False)
+    assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.slow  # builds a 4-D torus run (~10 s)
+def test_cli_refuses_a_system_without_an_md_view(tmp_path):
+    import os
+    import sys
+    from pathlib import Path
+
+    from cgflow.config import load_config
+    from cgflow.learning.run import ActiveLearningRun
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    sys.path.insert(0, str(examples))
+    (tmp_path / "torus.yaml").write_text(
+        'extends: mb\nsystem: {name: python, factory: "torus_system:make_system", '
+        "kwargs: {cg_dim: 2, n_bins: 6, n_starting_chains: 4, mc_steps: 40}}\n"
+        "flow: {kind: spline, n_blocks: 1, hidden: [8], n_res_blocks: 1, n_bins: 4, tail_bound: 5.0}\n")
+    cfg = load_config(str(tmp_path / "torus.yaml"), ["progress=false", "by_example.epochs=1"], seed=0)
+    ActiveLearningRun(cfg, tmp_path / "t2")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(examples), os.environ.get("PYTHONPATH", "")]))
+    res = run_cgflow("validate", "t2", cwd=tmp_path, env=env)
+    assert res.returncode == 2 and "does not support the MD baselines" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "t2" / "validate").exists()

@@ -37,9 +37,9 @@ def validate(
     out = out or run_dir / "validate"
     if not run_dir.is_dir():
         fail(f"no such run directory: {run_dir}")
-    if not (run_dir / CHECKPOINT).is_file() or not (run_dir / PMF).is_file():
-        fail(f"{run_dir} has no {CHECKPOINT} and {PMF}: not a cgflow run directory, or its run stopped before "
-             f"its first iteration")
+    if not (run_dir / CHECKPOINT).is_file():
+        fail(f"{run_dir} has no {CHECKPOINT}: not a cgflow run directory, or its run stopped before its first "
+             f"checkpoint")
     from cgflow.validation.biased_md import VALIDATE_CHECKPOINT, BiasedMDValidation, ValidationSettings
 
     if resume and not (out / VALIDATE_CHECKPOINT).is_file():
@@ -60,6 +60,8 @@ def validate(
     try:
         run = ActiveLearningRun(None, run_dir, resume=True)
         view = simulation_view(run.system)
+        if not (run_dir / PMF).is_file():
+            fail(f"{run_dir} has no {PMF}: its run stopped before its first iteration")
         runner = BiasedMDValidation(learned_pmf_of_run(run, run_dir / PMF), view, out, settings, resume=resume,
                                     progress=True)
     except (RunDirectoryError, FileNotFoundError, ValueError) as err:
