@@ -98,7 +98,7 @@ def main() -> None:
             ref = z["reference_prob"]
         centres = torch.as_tensor(np.stack([m.ravel() for m in np.meshgrid(
             *[0.5 * (e[1:] + e[:-1]) for e in base.edges], indexing="ij")], -1))
-        for dmg in (0.0, a.damage_kT):
+        for dmg in ((0.0, a.damage_kT) if a.damage_kT else (0.0,)):  # --damage-kT 0: the PMF as it is only
             pmf = base if dmg == 0 else LearnedPMF(
                 mean_kT=lambda s, f=base.mean_kT, k=dmg: f(s) + damage(s, k), sample_fg=base.sample_fg,
                 configurations=base.configurations, edges=base.edges,
