@@ -105,7 +105,8 @@ class OpesSettings(BaseModel):
     def model_post_init(self, _ctx) -> None:
         if self.snapshot_every_steps % self.pace_steps or self.n_steps % self.snapshot_every_steps:
             raise ValueError(f"need n_steps ({self.n_steps}) a multiple of snapshot_every_steps "
-                             f"({self.snapshot_every_steps}), itself a multiple of pace_steps ({self.pace_steps})")
+                             f"({self.snapshot_every_steps}), itself a multiple of pace_steps ({self.pace_steps}); "
+                             f"see --steps, --snapshot-every, --pace")
         if self.variance_every_steps is not None and self.pace_steps % self.variance_every_steps:
             raise ValueError(f"variance_every_steps ({self.variance_every_steps}) must divide pace_steps "
                              f"({self.pace_steps})")
