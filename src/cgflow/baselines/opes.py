@@ -42,7 +42,6 @@ from cgflow.core.run_directory import (
     require_new_run_directory,
 )
 from cgflow.core.simulation_view import SimulationView
-from cgflow.core.units import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K
 from cgflow.pmf.history import DIRNAME as HISTORY_DIR
 from cgflow.pmf.history import save_snapshot
 
