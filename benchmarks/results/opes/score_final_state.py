@@ -1,12 +1,17 @@
 """Corrected FES of a finished OPES run's final state (its checkpoint), scored against the aldp reference."""
-import json, sys
+import json
+import sys
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
+
 from cgflow.analysis.metrics import forward_kld, probabilities_from_pmf
 from cgflow.baselines.opes import CHECKPOINT, OPES_JSON, OpesRun, OpesSettings
 from cgflow.pmf.history import read_history
 from cgflow.pmf.reference_file import load_reference
 from cgflow.systems.molecules.molecule_system import alanine_dipeptide, package_data_file
+
 d = Path(sys.argv[1])
 info = json.loads((d / OPES_JSON).read_text())
 view = alanine_dipeptide(progress=False).simulation_view()
@@ -19,7 +24,6 @@ out = {}
 for corr in (False, True):
     st = OpesSettings(**{**info["settings"], "corrected_fes": corr})
     run = OpesRun(view, Path("/tmp/unused-opes-dir"), st, progress=False)
-    import openmm
     opes = run._make_opes(view.make_openmm_system(1))
     ck = torch.load(d / CHECKPOINT, weights_only=False)
     opes.setState(ck["opes"])
