@@ -1,7 +1,8 @@
-"""Alanine dipeptide: forward KLD against energy evaluations and wall-clock, active learning vs WT-metaD.
+"""Alanine dipeptide: forward KLD against energy evaluations and wall-clock, active learning vs WT-metaD vs OPES.
 
-Runs an active-learning preset (default `aldp-fast`) for several seeds and well-tempered metadynamics
-(benchmarks/metad_aldp.py, its tuned settings) for the same seeds, or reads finished run directories;
+Runs an active-learning preset (default `aldp-fast`) for several seeds, well-tempered metadynamics
+(benchmarks/metad_aldp.py, its tuned settings) and OPES (`cgflow opes aldp` defaults, `--opes-set` to
+change them; `--opes-steps 0` skips it) for the same seeds, or reads finished run directories;
 scores every PMF snapshot (`pmf_history/`) against the shipped reference
 (`cgflow/data/alanine-dipeptide/reference-pmf.npz`, noise floor ~7e-4) and writes to OUT:
 
@@ -18,6 +19,7 @@ machine: a second job on 2 cores distorts timings several-fold.
 
     python benchmarks/aldp_efficiency.py --out runs/eff                      # run everything (~1 h on 2 cores)
     python benchmarks/aldp_efficiency.py --out runs/eff --al-dirs A0 A1 A2 --metad-dirs M0 M1 M2   # score only
+    python benchmarks/aldp_efficiency.py --out runs/eff --al-dirs --metad-dirs --opes-dirs O0   # one OPES run only
 """
 
 from __future__ import annotations
@@ -227,6 +229,34 @@ def run_al(preset: str, seeds, out: Path, threads: int, extra: list[str]) -> lis
     return dirs
 
 
+def run_opes_seeds(out_dir: Path, seeds, n_steps: int, overrides: list[str], cpu_core: int | None = None,
+                   snapshot_every_steps: int = 50_000) -> list[Path]:
+    """OPES with `cgflow opes aldp`'s defaults (+ ``overrides``, OpesSettings fields as KEY=VALUE) once per
+    seed, one after the other, into ``out_dir/seed-{s}``; a finished run is kept."""
+    import json
+
+    import yaml
+
+    from cgflow.baselines.opes import OPES_JSON, OpesRun, OpesSettings, default_settings
+    from cgflow.systems.molecules.molecule_system import alanine_dipeptide
+
+    view = alanine_dipeptide(progress=False).simulation_view()
+    kw = default_settings(view.name)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        kw[key.strip()] = yaml.safe_load(value)
+    dirs = []
+    for s in seeds:
+        d = Path(out_dir) / f"seed-{s}"
+        if not ((d / OPES_JSON).is_file() and json.loads((d / OPES_JSON).read_text()).get("finished")):
+            st = OpesSettings(n_steps=n_steps, seed=int(s), snapshot_every_steps=snapshot_every_steps, **kw)
+            info = OpesRun(view, d, st, system_label="aldp", progress=False).run(cpu_core=cpu_core)
+            print(f"OPES seed {s}: {info['evaluations']} evaluations, {info['wall_time_s']:.1f} s MD "
+                  f"({info['steps_per_s']:.0f} steps/s) -> {d}", flush=True)
+        dirs.append(d)
+    return dirs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -237,6 +267,11 @@ def main() -> None:
     ap.add_argument("--al-dirs", type=Path, nargs="*", default=None, help="finished AL runs (skip running)")
     ap.add_argument("--metad-dirs", type=Path, nargs="*", default=None, help="finished WT-metaD runs (skip running)")
     ap.add_argument("--metad-steps", type=int, default=3_500_000)
+    ap.add_argument("--opes-dirs", type=Path, nargs="*", default=None, help="finished OPES runs (skip running)")
+    ap.add_argument("--opes-steps", type=int, default=3_500_000, help="OPES steps per seed (0: no OPES)")
+    ap.add_argument("--opes-set", action="append", default=[], help="OpesSettings KEY=VALUE for the OPES runs, "
+                                                                    "e.g. corrected_fes=true")
+    ap.add_argument("--opes-label", default="OPES")
     ap.add_argument("--al-label", default=None)
     ap.add_argument("--note", default="", help="a line about the machine's load, printed in the title")
     args = ap.parse_args()
@@ -252,22 +287,29 @@ def main() -> None:
 
         metad_dirs = [Path(d) for d in run_metad_seeds(args.out / "metad", seeds=tuple(args.seeds),
                                                        n_steps=args.metad_steps)]
+    if args.opes_dirs is not None:
+        opes_dirs = args.opes_dirs
+    elif args.opes_steps > 0:
+        opes_dirs = run_opes_seeds(args.out / "opes", args.seeds, args.opes_steps, args.opes_set)
+    else:
+        opes_dirs = []
     ref = load_reference(REFERENCE)
     al_label = args.al_label or f"active learning ({args.preset})"
-    methods = {al_label: [snapshot_curve(d, ref.prob) for d in al_dirs]}
-    if metad_dirs:
-        methods["WT-metadynamics"] = [snapshot_curve(d, ref.prob) for d in metad_dirs]
+    runs = {al_label: al_dirs, "WT-metadynamics": metad_dirs, args.opes_label: opes_dirs}
+    runs = {name: dirs for name, dirs in runs.items() if dirs}
+    methods = {name: [snapshot_curve(d, ref.prob) for d in dirs] for name, dirs in runs.items()}
     with open(args.out / "curves.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["method", "run", "evaluations", "wall_time_s", "forward_kld"])
-        for (name, curves), dirs in zip(methods.items(), (al_dirs, metad_dirs)):
+        for (name, curves), dirs in zip(methods.items(), runs.values()):
             for c, d in zip(curves, dirs):
                 for e, t, k in zip(c["evaluations"], c["wall_time_s"], c["forward_kld"]):
                     w.writerow([name, d.name, int(e), f"{t:.2f}", f"{k:.6g}"])
     md = table(methods)
     (args.out / "table.md").write_text(f"{machine}. {args.note}\n\n{md}")
     plot(methods, args.out / "efficiency.png", f"alanine dipeptide vs the umbrella+MBAR reference; {machine}\n{args.note}")
-    plot_calibration(al_dirs, args.out / "calibration.png")
+    if al_dirs:
+        plot_calibration(al_dirs, args.out / "calibration.png")
     print(md)
     print(f"wrote {args.out}/efficiency.png, calibration.png, table.md, curves.csv")
 

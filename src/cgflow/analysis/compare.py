@@ -3,7 +3,7 @@
 
 A run directory is either an MD run (``md.json`` with ``"method": "md"`` and the CG trajectory in
 ``cg_trajectory/*.npy``) or any run that writes PMF snapshots (``pmf_history/``: active learning,
-grid conditioning, metadynamics, umbrella sampling).  Each becomes a :class:`Curve` of forward /
+grid conditioning, metadynamics, OPES, umbrella sampling).  Each becomes a :class:`Curve` of forward /
 reverse KLD (nats) and PMF RMSE (kT) against the energy evaluations spent.
 
 Model probabilities are floored, ``p = max(p, epsilon)`` and renormalized, for every method: the
@@ -35,7 +35,7 @@ from cgflow.pmf.history import PMFSnapshot, read_history
 from cgflow.pmf.reference_file import load_reference  # noqa: E402
 
 DEFAULT_LEVELS = (1e-2, 3e-3, 1e-3)
-METHOD_FILES = ("md.json", "metad.json", "umbrella.json")
+METHOD_FILES = ("md.json", "metad.json", "opes.json", "umbrella.json")
 
 
 @dataclass

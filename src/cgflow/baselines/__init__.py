@@ -1,2 +1,2 @@
-"""Classical baselines (MD, umbrella sampling + MBAR, well-tempered metadynamics) and the
+"""Classical baselines (MD, umbrella sampling + MBAR, well-tempered metadynamics, OPES) and the
 reference PMFs they produce.  They see a system only through its ``SimulationView``."""

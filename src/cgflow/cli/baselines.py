@@ -1,4 +1,4 @@
-"""`cgflow md`, `umbrella`, `metad`, `reference` and `compare`: the classical baselines, the
+"""`cgflow md`, `umbrella`, `metad`, `opes`, `reference` and `compare`: the classical baselines, the
 reference PMF they make, and the comparison of all methods by energy evaluations."""
 
 from __future__ import annotations
@@ -16,12 +16,18 @@ SYSTEM_HELP = "A preset name (its system section is used, e.g. mb or aldp) or a 
 
 @contextmanager
 def _errors_to_exit():
+    from pydantic import ValidationError
+
     from cgflow.config import ConfigError
     from cgflow.core.run_directory import RunDirectoryError
     from cgflow.pmf.reference_file import ReferenceFileError
 
     try:
         yield
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or err.title
+        fail(f"{where}: {first['msg'].removeprefix('Value error, ')}")
     except (ConfigError, RunDirectoryError, ReferenceFileError, FileNotFoundError, FileExistsError) as err:
         fail(str(err))
     except ValueError as err:
@@ -48,9 +54,9 @@ def _check_out(out: Path, resume: bool = False) -> None:
     from cgflow.core.run_directory import RunDirectoryError, require_new_run_directory
 
     if not resume:
+        resumable = any((out / name).exists() for name in ("md.json", "opes.json"))
         try:
-            require_new_run_directory(out, "choose another --out" + (" or add --resume" if (out / "md.json").exists()
-                                                                     else ""))
+            require_new_run_directory(out, "choose another --out" + (" or add --resume" if resumable else ""))
         except RunDirectoryError as err:
             fail(str(err))
 
@@ -182,6 +188,84 @@ def metad(
     typer.echo(f"{info['evaluations']} energy evaluations in {info['wall_time_s']:.1f} s of MD "
                f"({info['steps_per_s']:.0f} steps/s; set-up {info['setup_time_s']:.1f} s); PMFs in "
                f"{out / 'pmf_history'}")
+
+
+@app.command()
+def opes(
+    system: Optional[str] = typer.Argument(None, help=SYSTEM_HELP + " [on --resume: the run's]"),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="MD steps in all (on --resume: extend to)."),
+    barrier_kJ: Optional[float] = typer.Option(None, "--barrier-kJ", help="Barrier to overcome, kJ/mol "
+                                               "[default: the system's, else 40]."),
+    bias_factor: Optional[float] = typer.Option(None, "--bias-factor", help="gamma > 1 [default: barrier / kT]."),
+    pace: Optional[int] = typer.Option(None, "--pace", help="A kernel every this many steps [default: the "
+                                       "system's, else 500]."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", help="Fixed kernel width in CG units (rad for "
+                                          "torsions) [default: the system's, else 0.03 x the CG domain]."),
+    adaptive_sigma: bool = typer.Option(False, "--adaptive-sigma", help="Estimate the kernel width on the fly."),
+    explore: bool = typer.Option(False, "--explore", help="OPES-explore instead of OPES."),
+    corrected_fes: bool = typer.Option(False, "--corrected-fes", help="Snapshots of the smoothing-corrected FES."),
+    snapshot_every: int = typer.Option(50_000, "--snapshot-every", help="A PMF snapshot and a checkpoint every "
+                                       "this many steps."),
+    timestep_fs: Optional[float] = typer.Option(None, "--timestep-fs", help="Time step [default: the system "
+                                                "default's, else the system's]."),
+    friction: float = typer.Option(1.0, "--friction", help="Langevin friction, 1/ps."),
+    cpu_core: Optional[int] = typer.Option(None, "--cpu-core", help="Pin the run (and OpenMM's worker thread) "
+                                           "to this CPU core."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (bit-exact)."),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a system key of the preset."),
+):
+    """OPES / OPES-explore on the CG coordinates (1-3 of them) with the openmm-opes package (OpenMM CPU, one
+    thread), PMF snapshots as it goes, checkpointed and resumable.  Unset settings take the system's
+    defaults (alanine dipeptide: barrier 40 kJ/mol, bias factor barrier / kT, a kernel every 500 steps of
+    2 fs, fixed sigma 0.15 rad; see `cgflow.baselines.opes`)."""
+    import json
+
+    from cgflow.baselines.opes import OPES_JSON, OpesRun, OpesSettings, check_view, default_settings
+
+    for name, value, ok in (("--steps", steps, steps is None or steps > 0),
+                            ("--barrier-kJ", barrier_kJ, barrier_kJ is None or barrier_kJ > 0),
+                            ("--bias-factor", bias_factor, bias_factor is None or bias_factor > 1),
+                            ("--pace", pace, pace is None or pace > 0), ("--sigma", sigma, sigma is None or sigma > 0),
+                            ("--snapshot-every", snapshot_every, snapshot_every > 0),
+                            ("--timestep-fs", timestep_fs, timestep_fs is None or timestep_fs > 0),
+                            ("--friction", friction, friction > 0)):
+        if not ok:
+            fail(f"{name} must be {'> 1' if name == '--bias-factor' else '> 0'}, got {value}")
+    with _errors_to_exit():
+        if resume:
+            if not (out / OPES_JSON).is_file():
+                fail(f"cannot resume: {out / OPES_JSON} not found")
+            info = json.loads((out / OPES_JSON).read_text())
+            view, _ = _view(system or info["system_spec"], info.get("system_set", []))
+            new = None if steps is None else OpesSettings(**{**info["settings"], "n_steps": steps})
+            run = OpesRun(view, out, new, resume=True)
+        else:
+            if system is None or steps is None:
+                fail("give a SYSTEM and --steps")
+            _check_out(out)
+            view, _ = _view(system, set_)
+            check_view(view)
+            kw = default_settings(view.name)
+            given = {"barrier_kJ_per_mol": barrier_kJ, "bias_factor": bias_factor, "pace_steps": pace,
+                     "sigma": sigma, "timestep_fs": timestep_fs}
+            kw.update({k: v for k, v in given.items() if v is not None})
+            st = OpesSettings(n_steps=steps, adaptive_sigma=adaptive_sigma, explore=explore,
+                              corrected_fes=corrected_fes, snapshot_every_steps=snapshot_every,
+                              friction_per_ps=friction, seed=seed, **kw)
+            run = OpesRun(view, out, st)
+            run.info.update(system_spec=system, system_set=list(set_))
+        typer.echo(f"run directory: {out}")
+        try:
+            info = run.run(cpu_core=cpu_core)
+        except KeyboardInterrupt:
+            typer.echo(f"\ninterrupted; continue with: cgflow opes --resume --out {out}", err=True)
+            raise typer.Exit(130) from None
+    rate = f"{info['steps_per_s']:.0f} steps/s; " if info.get("steps_per_s") else ""
+    typer.echo(f"{info['method']}: {info['evaluations']} energy evaluations in {info['wall_time_s']:.1f} s of MD "
+               f"({rate}set-up {info['setup_time_s']:.1f} s), {info['n_kernels']} kernels, bias factor "
+               f"{info['bias_factor']:.3g}; PMFs in {out / 'pmf_history'}")
 
 
 @app.command()
