@@ -75,10 +75,12 @@ def run(
 def plot(run_dir: Path = typer.Argument(..., help="A run directory.")):
     """(Re)draw the PNG plots of a run directory."""
     from cgflow.analysis.plotting import plot_run
-    from cgflow.core.run_directory import RunDirectoryError
+    from cgflow.core.run_directory import CONFIG, RunDirectoryError
 
     if not run_dir.is_dir():
         fail(f"no such run directory: {run_dir}")
+    if not (run_dir / CONFIG).is_file():
+        fail(f"{run_dir} is not a cgflow run directory (no {CONFIG})")
     try:
         for p in plot_run(run_dir):
             typer.echo(str(p))
