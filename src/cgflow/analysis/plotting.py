@@ -25,8 +25,10 @@ def plot_pmf(run_dir: Path, out: Path | None = None) -> Path:
     run_dir = Path(run_dir)
     d = _load_pmf(run_dir)
     edges = [d[k] for k in sorted(k for k in d if k.startswith("edges_"))]
-    names = [str(n) for n in d["cg_names"]]
+    periodic = [bool(x) for x in d["cg_periodic"]] if "cg_periodic" in d else [False] * len(edges)
+    names = [f"{n} (rad)" if per else str(n) for n, per in zip(d["cg_names"], periodic)]  # periodic CG: angles
     pts, added = d["points"], d["points_added_in"]
+    eb = d.get("error_bar_kT")  # the run's error bar (cgflow.pmf.error_bar); runs before it: the std only
     out = Path(out) if out else run_dir / "pmf.png"
     n_iter = int(added.max()) + 1 if added.size else 1
     cmap = plt.get_cmap("viridis")
@@ -40,19 +42,24 @@ def plot_pmf(run_dir: Path, out: Path | None = None) -> Path:
             fr -= fr[np.isfinite(fr)].min()
             shift = np.average(f - fr, weights=d["reference_prob"])
             ax.plot(c, fr, "k--", lw=1.5, label="reference")
-            ax.set_title(describe_errors(pmf_errors(d["reference_prob"], f, sd)).replace(", unweighted", ",\nunweighted"),
-                         fontsize=8)
+            import textwrap
+
+            ax.set_title(textwrap.fill(describe_errors(pmf_errors(d["reference_prob"], f, sd)), 75), fontsize=10)
             f = f - shift
         ax.plot(c, f, color="C3", lw=2, label="ensemble mean")
-        ax.fill_between(c, f - sd, f + sd, color="C3", alpha=0.25, label="± ensemble std")
+        band, band_label = (eb, "± the run's error bar") if eb is not None else (sd, "± ensemble std")
+        ax.fill_between(c, f - band, f + band, color="C3", alpha=0.4, label=band_label)
         lo = np.nanmin(f) - 1.0
         ax.scatter(pts[:, 0], np.full(len(pts), lo), c=added, cmap=cmap, vmin=0, vmax=max(n_iter - 1, 1),
-                   marker="|", s=80, label="CG points (colour: AL step)")
+                   marker="|", s=80, label=f"CG points (colour: iteration 0-{n_iter - 1})")
         ax.set_ylabel("PMF (kT)")
         ax.set_ylim(lo - 0.5, min(np.nanmax(f) + 1, np.nanmin(f) + 25))
-        ax.legend(loc="upper center", fontsize=8, ncol=2)
-        axr.plot(c, sd, color="C3")
-        axr.set_ylabel("std (kT)")
+        ax.legend(loc="upper center", fontsize=9, ncol=2)
+        axr.plot(c, sd, color="C3", label="ensemble std")
+        if eb is not None:
+            axr.plot(c, eb, color="k", label="error bar")
+            axr.legend(fontsize=8)
+        axr.set_ylabel("kT")
         axr.set_xlabel(names[0])
         ax.set_xlim(edges[0][0], edges[0][-1])
     elif "marginal_pmf_kT" in d:
@@ -64,15 +71,17 @@ def plot_pmf(run_dir: Path, out: Path | None = None) -> Path:
         if "reference_prob" in d:
             fig.suptitle(describe_errors(pmf_errors(d["reference_prob"], d["pmf_kT"], d["std_kT"])), fontsize=8)
         ext = [edges[0][0], edges[0][-1], edges[1][0], edges[1][-1]]
+        right = ("error_bar_kT", "the run's error bar (kT)") if eb is not None else ("std_kT", "ensemble std (kT)")
         for ax, key, title, cm in ((axes[0], "pmf_kT", "PMF, ensemble mean (kT)", "viridis"),
-                                   (axes[1], "std_kT", "ensemble std (kT)", "magma")):
-            vals = d[key] if key == "std_kT" else np.clip(d[key], 0, 20)
+                                   (axes[1], right[0], right[1], "magma")):
+            vals = np.clip(d[key], 0, 20) if key == "pmf_kT" else np.clip(d[key], 0, np.nanpercentile(d[key], 99))
             im = ax.imshow(vals.T, origin="lower", extent=ext, cmap=cm, aspect="auto")
-            fig.colorbar(im, ax=ax)
-            ax.set_title(title)
+            fig.colorbar(im, ax=ax, label=title)
+            ax.set_title(title, fontsize=12)
             ax.set_xlabel(names[0])
             ax.set_ylabel(names[1])
-        axes[1].scatter(pts[:, 0], pts[:, 1], c=added, cmap="cool", s=2, alpha=0.6)
+        sc = axes[0].scatter(pts[:, 0], pts[:, 1], c=added, cmap="cool", s=2, alpha=0.5)
+        fig.colorbar(sc, ax=axes[0], label="CG points: iteration added", pad=0.01)
     if "marginal_pmf_kT" not in d:  # the marginal figure's shared colorbar does not fit tight_layout
         fig.tight_layout()
     fig.savefig(out, dpi=120)
