@@ -13,7 +13,7 @@ from cgflow.cli.baselines import _system_key
 from cgflow.cli.run import preset_description
 from cgflow.config import preset_names, preset_text
 from cgflow.core.run_directory import atomic_write_text
-from cgflow.core.threads import DEFAULT_THREADS, THREAD_ENV_VARS, choose_threads
+from cgflow.core.threads import DEFAULT_THREADS, choose_threads
 from conftest import run_cgflow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,9 +22,8 @@ TINY = ["--set", "by_example.epochs=2", "--set", "by_energy.epochs_first=1", "--
 
 
 def cgflow(*args, cwd, env=None):
-    e = {k: v for k, v in os.environ.items() if k not in THREAD_ENV_VARS}  # scripts/test.sh sets them
-    e.update(env or {})
-    return run_cgflow(*args, cwd=cwd, env=e)
+    # without the thread variables that scripts/test.sh sets: these tests check the CLI's own default
+    return run_cgflow(*args, cwd=cwd, extra_env=env, without_thread_vars=True)
 
 
 # --- point 1: threads ------------------------------------------------------------------------------

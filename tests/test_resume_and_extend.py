@@ -3,25 +3,20 @@ a finished run can be extended through its stopping keys (the extension equals t
 other config changes on --resume are refused naming the keys; `md --resume --steps` below what was
 asked is an error."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from cgflow.config import dump_config, load_config
 from cgflow.core import run_directory as rd
 from cgflow.learning.run import ActiveLearningRun
+from conftest import run_cgflow
 
 SMALL = ["progress=false", "by_example.epochs=5", "by_energy.epochs_first=2", "by_energy.epochs_later=1",
          "ensemble.epochs=30", "stopping.max_iterations=1"]
 TIMING = {"t_flow_s", "t_energy_s", "t_labels_s", "t_ensemble_s", "t_mc_s", "wall_time_s"}
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def cgflow(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "cgflow.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600, env=ENV)
+    return run_cgflow(*args, cwd=cwd, extra_env={"OMP_NUM_THREADS": "1"}, timeout=600)
 
 
 def small_yaml(tmp_path):
