@@ -36,6 +36,7 @@ def test_choose_threads_rules():
         choose_threads(0, environ={})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, env, expected", [
     ([], {}, 1),                              # the default
     (["--threads", "2"], {}, 2),              # the flag
@@ -74,6 +75,7 @@ def test_preset_descriptions_are_whole_sentences(tmp_path):
     assert "minute or two on 2 CPU cores." in listing
 
 
+@pytest.mark.slow
 def test_no_progress_bars_when_output_is_not_a_terminal_and_outputs_line_is_true(tmp_path):
     res = cgflow("run", "mb", "--out", "r", "--no-plots", *TINY, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -83,6 +85,7 @@ def test_no_progress_bars_when_output_is_not_a_terminal_and_outputs_line_is_true
     assert "kld.png" not in outputs and "pmf.png" not in outputs and "metrics.csv" in outputs
 
 
+@pytest.mark.slow
 def test_sample_on_missing_or_unfinished_directory(tmp_path):
     res = cgflow("sample", "nope", "--cg=-1.4,2.6", "--out", "s.pdb", cwd=tmp_path)
     assert res.returncode != 0 and "no such run directory: nope" in res.stderr and "resume" not in res.stderr
@@ -92,6 +95,7 @@ def test_sample_on_missing_or_unfinished_directory(tmp_path):
     assert not (tmp_path / "s.pdb").exists()
 
 
+@pytest.mark.slow
 def test_compare_messages(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "ref.npz").write_text("not a numpy file")

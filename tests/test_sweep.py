@@ -99,6 +99,7 @@ def test_example_spec_is_valid_and_renders_a_slurm_job():
     assert "#SBATCH -t 04:00:00" in script and "--nthreads 1" in script
 
 
+@pytest.mark.slow
 def test_sweep_killed_and_restarted_equals_runs_one_by_one(tmp_path, scheduler_address):
     spec, out = _spec(tmp_path), tmp_path / "sweep"
     items = expand_sweep(load_sweep_spec(spec), tmp_path, out)
