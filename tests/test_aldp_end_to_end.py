@@ -7,6 +7,8 @@ import torch
 from cgflow.config import load_config
 from cgflow.learning.run import ActiveLearningRun
 
+pytestmark = pytest.mark.slow  # worker pools / a whole aldp run: the full suite, not the fast lane
+
 REDUCED = ["progress=false", "system.md_ps=5", "flow.n_blocks=2", "flow.hidden=[32]", "by_example.epochs=30",
            "by_energy.copies_per_point=5", "by_energy.epochs_first=3", "by_energy.epochs_later=2",
            "by_energy.batch_size=64", "acquisition.n_seed_points=60", "acquisition.spread_points=10",

@@ -297,6 +297,7 @@ def cgflow(*args, cwd=None):
     return run_cgflow(*args, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_md_resume_reference_compare(tmp_path):
     r = cgflow("md", "mb", "--out", "md", "--steps", "2000", "--replicas", "8", "--report-every", "50", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

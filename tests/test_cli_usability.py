@@ -13,7 +13,7 @@ from cgflow.cli.baselines import _system_key
 from cgflow.cli.run import preset_description
 from cgflow.config import preset_names, preset_text
 from cgflow.core.run_directory import atomic_write_text
-from cgflow.core.threads import DEFAULT_THREADS, THREAD_ENV_VARS, choose_threads
+from cgflow.core.threads import DEFAULT_THREADS, choose_threads
 from conftest import run_cgflow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,9 +22,8 @@ TINY = ["--set", "by_example.epochs=2", "--set", "by_energy.epochs_first=1", "--
 
 
 def cgflow(*args, cwd, env=None):
-    e = {k: v for k, v in os.environ.items() if k not in THREAD_ENV_VARS}  # scripts/test.sh sets them
-    e.update(env or {})
-    return run_cgflow(*args, cwd=cwd, env=e)
+    # without the thread variables that scripts/test.sh sets: these tests check the CLI's own default
+    return run_cgflow(*args, cwd=cwd, extra_env=env, without_thread_vars=True)
 
 
 # --- point 1: threads ------------------------------------------------------------------------------
@@ -37,6 +36,7 @@ def test_choose_threads_rules():
         choose_threads(0, environ={})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, env, expected", [
     ([], {}, 1),                              # the default
     (["--threads", "2"], {}, 2),              # the flag
@@ -75,6 +75,7 @@ def test_preset_descriptions_are_whole_sentences(tmp_path):
     assert "minute or two on 2 CPU cores." in listing
 
 
+@pytest.mark.slow
 def test_no_progress_bars_when_output_is_not_a_terminal_and_outputs_line_is_true(tmp_path):
     res = cgflow("run", "mb", "--out", "r", "--no-plots", *TINY, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -84,6 +85,7 @@ def test_no_progress_bars_when_output_is_not_a_terminal_and_outputs_line_is_true
     assert "kld.png" not in outputs and "pmf.png" not in outputs and "metrics.csv" in outputs
 
 
+@pytest.mark.slow
 def test_sample_on_missing_or_unfinished_directory(tmp_path):
     res = cgflow("sample", "nope", "--cg=-1.4,2.6", "--out", "s.pdb", cwd=tmp_path)
     assert res.returncode != 0 and "no such run directory: nope" in res.stderr and "resume" not in res.stderr
@@ -93,6 +95,7 @@ def test_sample_on_missing_or_unfinished_directory(tmp_path):
     assert not (tmp_path / "s.pdb").exists()
 
 
+@pytest.mark.slow
 def test_compare_messages(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "ref.npz").write_text("not a numpy file")

@@ -1,12 +1,11 @@
 """A YAML names what it extends and overrides only what it lists; an empty or
 incomplete YAML is refused; syntax errors give line and column."""
 
-import subprocess
-import sys
 
 import pytest
 
 from cgflow.config import ConfigError, dump_config, load_config
+from conftest import run_cgflow
 
 
 def test_extends_a_preset_overrides_only_listed_keys(tmp_path):
@@ -75,8 +74,7 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path):
 
 def test_cli_refuses_empty_yaml_with_one_line_and_writes_nothing(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
-    res = subprocess.run([sys.executable, "-m", "cgflow.cli", "run", "empty.yaml", "--out", "r"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+    res = run_cgflow("run", "empty.yaml", "--out", "r", cwd=tmp_path, timeout=300)
     assert res.returncode != 0
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "extends" in lines[0]

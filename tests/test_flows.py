@@ -1,11 +1,15 @@
 """Every conditional flow through the same invariants: invertibility, log-det equal to the
-autograd Jacobian, log_prob consistent with sampling, save/load."""
+autograd Jacobian, log_prob consistent with sampling, periodic wrap (circular FG dims and periodic CG
+context), save/load.  FLOWS must hold one factory per flow kind of the config."""
 
 import io
+import math
+import typing
 
 import pytest
 import torch
 
+from cgflow.config.schema import FlowConfig
 from cgflow.core.features import CGFeatures
 from cgflow.flows import ConditionalAffineFlow
 from cgflow.flows.spline import ConditionalSplineFlow
@@ -106,6 +110,40 @@ def test_sample_log_prob_consistent(flow):
     s = cg_points(40)
     x, log_q = flow.sample(s)
     assert torch.allclose(flow.log_prob(x, s), log_q, atol=1e-10)
+
+
+def test_every_flow_kind_of_the_config_is_tested():
+    assert set(FLOWS) == set(typing.get_args(FlowConfig.model_fields["kind"].annotation))
+
+
+def test_periodic_wrap(flow):
+    """Circular FG dims: outputs in [-pi, pi), and z (forward) or x (inverse) shifted by 2 pi k on such a
+    dim gives the same point on the circle and the same log-det.  Periodic CG dims: s shifted by 2 pi k
+    gives the same map."""
+    s = cg_points(64)
+    z = flow.sample_base(64)
+    x, ld = flow.forward(z, s)
+    circ = flow.periodic_mask
+    assert (x[:, circ] >= -math.pi).all() and (x[:, circ] < math.pi).all()
+    for i in torch.nonzero(circ).flatten().tolist():
+        for k in (-1.0, 1.0, 3.0):
+            zs = z.clone()
+            zs[:, i] += 2 * math.pi * k
+            xs, lds = flow.forward(zs, s)
+            assert circle_diff(flow, xs, x).abs().max() < 1e-10
+            assert (xs[:, circ] >= -math.pi).all() and (xs[:, circ] < math.pi).all()
+            assert (lds - ld).abs().max() < 1e-10
+    z1, ld1 = flow.inverse(x, s)
+    z2, ld2 = flow.inverse(x + 2 * math.pi * circ.to(x.dtype), s)
+    assert circle_diff(flow, z2, z1).abs().max() < 1e-10 and (ld2 - ld1).abs().max() < 1e-10
+    assert (z2[:, circ] >= -math.pi).all() and (z2[:, circ] < math.pi).all()
+    # the CG context: cg_points' second coordinate is periodic
+    cg_periodic = torch.tensor([False, True])
+    for k in (-2.0, 1.0):
+        xk, ldk = flow.forward(z, s + 2 * math.pi * k * cg_periodic.to(s.dtype))
+        assert (xk - x).abs().max() < 1e-10 and (ldk - ld).abs().max() < 1e-10
+    xk, ldk = flow.forward(z, s + torch.tensor([0.5, 0.0], dtype=s.dtype))  # the linear one is no period
+    assert (xk - x).abs().max() > 1e-6
 
 
 def test_density_normalized_1d():

@@ -175,6 +175,7 @@ def test_compare_and_reference_on_marginals(tmp_path):
         kld_curve_from_snapshots([snap], ref, "snap")
 
 
+@pytest.mark.slow
 def test_importance_sampled_marginals_are_unbiased(torus4):
     """The defensive-mixture importance sampling around centres converges to the exact marginals too
     (centres deliberately in one corner of the torus: the uniform part keeps it unbiased)."""

@@ -96,6 +96,7 @@ def test_log_target_matches_openmm_torch_backend(ala, frames):
     assert torch.isfinite(g).all() and g.abs().max() > 0
 
 
+@pytest.mark.slow
 def test_log_target_matches_openmm_openmm_backend(ala, ala_openmm, frames):
     s, x_fg = ala_openmm.to_internal(frames[:20])
     _, log_det = ala_openmm.from_internal(s, x_fg)

@@ -17,6 +17,8 @@ from cgflow.systems.molecules.energy.backend import EnergyBackend, make_energy_b
 from cgflow.systems.molecules.energy.openmm_pool import OpenMMEnergyPool, reduced_energy_torch
 from cgflow.systems.molecules.molecule_system import package_data_file
 
+pytestmark = pytest.mark.slow  # worker pools / a whole aldp run: the full suite, not the fast lane
+
 T = 300.0
 
 

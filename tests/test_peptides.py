@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
-import os
 
 import mdtraj as md
 import numpy as np
@@ -83,6 +82,7 @@ def test_torch_energy_agrees_with_openmm_on_the_same_files(cache, solvent):
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * max(1.0, np.abs(ref).max()))
 
 
+@pytest.mark.slow
 def test_openmm_pool_agrees_with_direct_openmm(cache, files):
     with from_sequence(SEQ, ["phi:1", "psi:1"], energy_backend="openmm", n_workers=1, progress=False) as m:
         xs = _configurations(m, 3)
@@ -161,11 +161,12 @@ def test_missing_ambertools_is_a_clear_error(cache, monkeypatch):
 
 
 def _cgflow(*args, cwd, env):
-    return run_cgflow(*args, cwd=cwd, env=env, timeout=300)
+    return run_cgflow(*args, cwd=cwd, extra_env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_md_baseline_on_the_ala4_preset(cache, tmp_path):
-    env = {**os.environ, "CGFLOW_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {"CGFLOW_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     r = _cgflow("md", "ala4", "--out", "md", "--steps", "200", "--report-every", "50", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     info = json.loads((tmp_path / "md" / "md.json").read_text())

@@ -34,6 +34,7 @@ def cgflow(*args, cwd):
     return run_cgflow(*args, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_exact_pmf_of_the_example_matches_numerical_integration():
     from scipy import integrate
 
@@ -112,6 +113,7 @@ def test_bad_factory_one_line_error_nothing_written(tmp_path, monkeypatch, facto
     sys.modules.pop("badsys", None)
 
 
+@pytest.mark.slow
 def test_bad_factory_from_the_command_line(tmp_path):
     _write(tmp_path / "badsys.py", BAD_MODULE)
     (tmp_path / "torus_system.py").write_text((EXAMPLES / "torus_system.py").read_text())

@@ -3,25 +3,20 @@ a finished run can be extended through its stopping keys (the extension equals t
 other config changes on --resume are refused naming the keys; `md --resume --steps` below what was
 asked is an error."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from cgflow.config import dump_config, load_config
 from cgflow.core import run_directory as rd
 from cgflow.learning.run import ActiveLearningRun
+from conftest import run_cgflow
 
 SMALL = ["progress=false", "by_example.epochs=5", "by_energy.epochs_first=2", "by_energy.epochs_later=1",
          "ensemble.epochs=30", "stopping.max_iterations=1"]
 TIMING = {"t_flow_s", "t_energy_s", "t_labels_s", "t_ensemble_s", "t_mc_s", "wall_time_s"}
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def cgflow(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "cgflow.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600, env=ENV)
+    return run_cgflow(*args, cwd=cwd, extra_env={"OMP_NUM_THREADS": "1"}, timeout=600)
 
 
 def small_yaml(tmp_path):
@@ -36,6 +31,7 @@ def no_times(rows):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+@pytest.mark.slow
 def test_run_killed_before_first_checkpoint_starts_over_with_resume(tmp_path):
     _, cfg = small_yaml(tmp_path)
     d = tmp_path / "r"
@@ -56,6 +52,7 @@ def test_run_killed_before_first_checkpoint_starts_over_with_resume(tmp_path):
     assert not (d / ".checkpoint.pt.x1y2.tmp").exists()
 
 
+@pytest.mark.slow
 def test_resume_without_anything_to_resume_says_how_to_start(tmp_path):
     res = cgflow("run", "--resume", "--out", "nothing", cwd=tmp_path)
     assert res.returncode != 0 and "no checkpoint" in res.stderr and "cgflow run CONFIG --out nothing" in res.stderr
@@ -67,6 +64,7 @@ def test_resume_without_anything_to_resume_says_how_to_start(tmp_path):
     assert res.returncode != 0 and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
+@pytest.mark.slow
 def test_finished_run_extends_through_stopping_keys_to_the_longer_run(tmp_path):
     p, cfg = small_yaml(tmp_path)
     res = cgflow("run", str(p), "--out", "r", "--no-plots", cwd=tmp_path)
@@ -103,6 +101,7 @@ def test_api_resume_with_other_config_names_the_keys(tmp_path):
         ActiveLearningRun(other, tmp_path / "r", resume=True)
 
 
+@pytest.mark.slow
 def test_md_resume_with_fewer_steps_is_an_error_and_more_extends(tmp_path):
     res = cgflow("md", "mb", "--out", "m", "--steps", "200", "--report-every", "100", cwd=tmp_path)
     assert res.returncode == 0, res.stderr

@@ -53,6 +53,7 @@ def test_mean_force_labels_match_the_exact_gradient_and_the_sobolev_fit_is_bette
     assert rmse[1.0] < 0.7 * rmse[0.0], rmse
 
 
+@pytest.mark.slow
 def test_resume_with_pooled_labels_and_warm_sobolev_fits_is_exact(tmp_path):
     over = REUSE + ["ensemble.epochs=60", "ensemble.warm_epochs=20", "ensemble.stable_membership=true",
                     "sampler.kind=grid_score", "sampler.n_find=5", "acquisition.n_space_filling_seed_points=8",

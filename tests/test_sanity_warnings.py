@@ -1,9 +1,6 @@
 """Sanity warnings fire on a deliberately bad tiny run (console, metrics.csv,
 summary) and each check fires exactly when it should."""
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 
@@ -14,17 +11,15 @@ from cgflow.learning.diagnostics import (
     minimum_without_data_warning,
     sample_ess_warning,
 )
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from conftest import run_cgflow
 
 
 def test_deliberately_bad_tiny_run_warns_on_console_metrics_and_summary(tmp_path):
     # a learning rate of 0.3 blows the flow up after one epoch: labels from a handful of draws each
     bad = ["by_example.epochs=1", "by_energy.epochs_first=1", "by_energy.lr=0.3", "labels.estimator=pooled",
            "ensemble.epochs=5", "ensemble.lr=1e-6", "stopping.max_iterations=1"]
-    res = subprocess.run([sys.executable, "-m", "cgflow.cli", "run", "mb", "--out", "bad", "--no-plots",
-                          *sum((["--set", s] for s in bad), [])], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=600, env=ENV)
+    res = run_cgflow("run", "mb", "--out", "bad", "--no-plots", *sum((["--set", s] for s in bad), []), cwd=tmp_path,
+                     extra_env={"OMP_NUM_THREADS": "1"}, timeout=600)
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "warning: poor ensemble fit" in out and "warning: low label ESS" in out

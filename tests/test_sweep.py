@@ -9,7 +9,6 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from cgflow.cli import app
 from cgflow.core import run_directory as rd
 from cgflow.learning.resume import open_run
 from cgflow.learning.sweep import expand_sweep, load_sweep_spec
+from conftest import cgflow_command, cgflow_env
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "slurm-sweep.yaml"
@@ -47,9 +47,8 @@ def _spec(tmp_path: Path) -> Path:
 
 def _sweep(spec: Path, out: Path, **kw) -> subprocess.Popen:
     """`cgflow sweep SPEC --out OUT` as a process of its own (its cluster from the spec)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-m", "cgflow.cli", "sweep", str(spec), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kw)
+    env = cgflow_env(extra_env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    return subprocess.Popen(cgflow_command("sweep", str(spec), "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +99,7 @@ def test_example_spec_is_valid_and_renders_a_slurm_job():
     assert "#SBATCH -t 04:00:00" in script and "--nthreads 1" in script
 
 
+@pytest.mark.slow
 def test_sweep_killed_and_restarted_equals_runs_one_by_one(tmp_path, scheduler_address):
     spec, out = _spec(tmp_path), tmp_path / "sweep"
     items = expand_sweep(load_sweep_spec(spec), tmp_path, out)

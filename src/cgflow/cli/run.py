@@ -194,12 +194,17 @@ def preset_description(text: str) -> str:
 
 
 @app.command()
-def presets(show: Optional[str] = typer.Argument(None, help="Print this preset's YAML.")):
+def presets(show: Optional[str] = typer.Argument(None, help="Print this preset's YAML."),
+            describe: bool = typer.Option(False, "--describe", "-d",
+                                          help="Print every key of the preset (defaults included) with its value, "
+                                               "unit and description instead of the YAML.")):
     """List the shipped presets, or print one."""
     from cgflow.config import preset_names, preset_text
 
     names = preset_names()
     if show is None:
+        if describe:
+            fail("--describe needs a preset name, e.g. `cgflow presets mb --describe`")
         import textwrap
 
         for n in names:
@@ -208,4 +213,11 @@ def presets(show: Optional[str] = typer.Argument(None, help="Print this preset's
         return
     if show not in names:
         fail(f"unknown preset {show!r} (presets: {', '.join(names)})")
+    if describe:
+        from cgflow.config import load_config
+        from cgflow.config.describe import describe_config, format_description
+
+        typer.echo(f"# preset {show}: every key (defaults included), its value and description\n"
+                   + format_description(describe_config(load_config(show))), nl=False)
+        return
     typer.echo(preset_text(show), nl=False)

@@ -29,12 +29,11 @@ class SystemFactoryError(ValueError):
 class PythonSystemConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    name: Literal["python"] = "python"
-    # "module:callable" (dotted module path, callable name); null for a system given as a Python object
-    factory: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    # informative: the class of a system given as a Python object
-    object: str | None = None
+    name: Literal["python"] = Field(default="python", description="the system: made by a Python factory")
+    factory: str | None = Field(default=None, description='"module:callable" (dotted module path, callable name); '
+                                "null for a system given as a Python object")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+    object: str | None = Field(default=None, description="informative: the class of a system given as a Python object")
 
     @field_validator("factory")
     @classmethod

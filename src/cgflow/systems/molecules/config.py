@@ -37,10 +37,14 @@ class ExecutionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    scheduler: str = "local"
-    n_workers: Annotated[int, Field(gt=0)] | None = None
-    max_chunk: Annotated[int, Field(gt=0)] = 1024
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    scheduler: str = Field(default="local", description='"local" (a LocalCluster on this machine) or the address of a '
+                           'running dask scheduler ("tcp://host:8786")')
+    n_workers: Annotated[int, Field(gt=0)] | None = Field(default=None, description="local: single-thread worker "
+                                                          "processes (count; null: one per core); an address: wait "
+                                                          "for this many workers")
+    max_chunk: Annotated[int, Field(gt=0)] = Field(default=1024, description="configurations per dask task (count)")
+    timeout_s: Annotated[float, Field(gt=0)] = Field(default=30.0, description="how long to wait for the scheduler "
+                                                     "and the workers (s)")
 
     @field_validator("scheduler")
     @classmethod
@@ -53,26 +57,37 @@ class ExecutionConfig(BaseModel):
 class MoleculeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    name: Literal["molecule"] = "molecule"
-    preset: Literal["alanine-dipeptide"] | None = None
-    prmtop: str | None = None
-    pdb: str | None = None
-    # pdb route: a list of OpenMM XMLs; sequence route: a force-field name (default "ff14SB")
-    forcefield: list[str] | str | None = None
-    sequence: str | None = None
-    implicit_solvent: Literal["OBC1", "OBC2", "none"] | None = None  # sequence / prmtop; None: OBC1
-    cg: Annotated[list[str], Field(min_length=1)] = ["phi", "psi"]
-    temperature_K: Annotated[float, Field(gt=0)] = 300.0
-    energy_backend: Literal["torch", "openmm", "dask"] = "torch"
-    # the dask backend's cluster; giving it without energy_backend selects energy_backend dask
-    execution: ExecutionConfig | None = None
-    dtype: Literal["float64", "float32"] = "float64"
-    n_workers: Annotated[int, Field(gt=0)] | None = None
-    md_ps: Annotated[float, Field(gt=0)] = 50.0
-    md_frame_every_steps: Annotated[int, Field(gt=0)] = 10
-    # reference PMF file (.npz, see cgflow.pmf.reference_file); None: the shipped one where it applies
-    # (preset alanine-dipeptide with cg [phi, psi] at 300 K: umbrella + MBAR, noise floor ~7e-4)
-    reference: str | None = None
+    name: Literal["molecule"] = Field(default="molecule", description="the system: a molecule in internal "
+                                      "coordinates, CG coordinates = torsions")
+    preset: Literal["alanine-dipeptide"] | None = Field(default=None, description="a shipped molecule (package data; "
+                                                        "Amber ff96 + OBC1); null: prmtop, pdb or sequence")
+    prmtop: str | None = Field(default=None, description="Amber topology file (path; with pdb for the coordinates)")
+    pdb: str | None = Field(default=None, description="coordinates (path: .pdb, or .inpcrd/.rst7 with prmtop)")
+    forcefield: list[str] | str | None = Field(default=None, description="pdb route: a list of OpenMM XMLs; sequence "
+                                               "route: a force-field name (default ff14SB)")
+    sequence: str | None = Field(default=None, description='Amber residue names, e.g. "ACE ALA NME", built by tleap '
+                                 "(extra cgflow[peptides])")
+    implicit_solvent: Literal["OBC1", "OBC2", "none"] | None = Field(
+        default=None, description="sequence / prmtop: implicit solvent model (null: OBC1)")
+    cg: Annotated[list[str], Field(min_length=1)] = Field(default=["phi", "psi"], description="CG torsions: names "
+                                                          '("phi", "psi", "chi1" ...), "name:residue" or "i,j,k,l" '
+                                                          "atom indices (values in radians)")
+    temperature_K: Annotated[float, Field(gt=0)] = Field(default=300.0, description="temperature (K); kT = R T")
+    energy_backend: Literal["torch", "openmm", "dask"] = Field(
+        default="torch", description="torch (differentiable energy in torch), openmm (OpenMM worker pool) or dask (a "
+        "dask cluster, see execution)")
+    execution: ExecutionConfig | None = Field(default=None, description="the dask backend's cluster; giving it "
+                                              "without energy_backend selects energy_backend dask")
+    dtype: Literal["float64", "float32"] = Field(default="float64", description="dtype of the torch energy; internal "
+                                                 "coordinates and log densities stay float64")
+    n_workers: Annotated[int, Field(gt=0)] | None = Field(default=None, description="worker processes of the openmm "
+                                                          "backend (count; null: all usable cores)")
+    md_ps: Annotated[float, Field(gt=0)] = Field(default=50.0, description="length of the starting-data MD (ps)")
+    md_frame_every_steps: Annotated[int, Field(gt=0)] = Field(
+        default=10, description="keep every this many MD steps as a starting-data frame (count; 1 fs steps)")
+    reference: str | None = Field(default=None, description="reference PMF file (path to .npz, see "
+                                  "cgflow.pmf.reference_file); null: the shipped one where it applies (preset "
+                                  "alanine-dipeptide with cg [phi, psi] at 300 K)")
 
     @model_validator(mode="before")
     @classmethod
