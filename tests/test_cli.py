@@ -18,6 +18,7 @@ def cgflow(*args, cwd=None):
     (["plot", "no/such/dir"], "no such run directory"),
     (["run", "--resume", "--out", "no/such/dir"], "no checkpoint"),
 ])
+@pytest.mark.slow  # fast lane: over 3 s (a subprocess or a tiny run)
 def test_bad_input_one_line_error(tmp_path, args, needle):
     res = cgflow(*args, cwd=tmp_path)
     assert res.returncode != 0

@@ -101,6 +101,7 @@ def test_describe_lists_every_key_with_the_presets_value(name):
                 assert _parse(by_key[key].value) == value, key
 
 
+@pytest.mark.slow  # fast lane: over 3 s (a subprocess or a tiny run)
 def test_presets_describe_prints_keys_values_and_descriptions():
     res = run_cgflow("presets", "mb", "--describe", timeout=300)
     assert res.returncode == 0, res.stderr

@@ -53,6 +53,7 @@ def _assert_equal_to_local(e, f, e_ref, f_ref):
     np.testing.assert_allclose(f[ok], f_ref[ok], rtol=1e-10, atol=1e-10 * np.abs(f_ref[ok]).max())
 
 
+@pytest.mark.slow  # fast lane: over 3 s (a subprocess or a tiny run)
 def test_equal_to_local_pool_in_order_and_nan_safe(system_and_x0, client, local_reference):
     system, x0 = system_and_x0
     x = _configs(x0, 37, seed=1)
@@ -94,6 +95,7 @@ def test_differentiable_through_make_energy_backend(system_and_x0, client, local
     np.testing.assert_allclose(x.grad.numpy(), -f_ref, rtol=1e-10, atol=1e-10 * np.abs(f_ref).max())
 
 
+@pytest.mark.slow  # fast lane: over 3 s (a subprocess or a tiny run)
 def test_killed_worker_mid_batch_loses_and_double_counts_nothing(system_and_x0, client, local_reference):
     system, x0 = system_and_x0
     x = _configs(x0, 240, seed=4)  # ~1 s per worker on the Reference platform

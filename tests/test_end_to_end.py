@@ -66,6 +66,7 @@ def test_training_budget_follows_the_epoch_composition_rule(tmp_path):
     assert rows[1]["evals_diagnostics"] == 0
 
 
+@pytest.mark.slow  # fast lane: over 3 s (a subprocess or a tiny run)
 def test_resume_after_interruption_continues_exactly(tmp_path):
     cfg = load_config("mb", SMALL, seed=3)
     full = ActiveLearningRun(cfg, tmp_path / "full").run()

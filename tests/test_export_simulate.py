@@ -291,6 +291,7 @@ def test_simulate_on_muller_brown_samples_the_models_exp_minus_F(mb_run, tmp_pat
     np.testing.assert_allclose(z["pmf_kT"][:5] - f_traj, (z["pmf_kT"][:5] - f_traj).mean(), atol=1e-9)
 
 
+@pytest.mark.slow  # fast lane: over 3 s (a subprocess or a tiny run)
 def test_export_plumed_on_muller_brown_writes_the_models_bias(mb_run, tmp_path):
     res = run_cgflow("export", str(mb_run), "--format", "plumed", "--out", "g.dat", "--temperature-K", "300",
                      "--bins", "50", cwd=tmp_path, env=cli_env())

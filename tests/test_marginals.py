@@ -35,6 +35,7 @@ def _exact(x):
     return torch.as_tensor(exact_pmf_kT(x.numpy()))
 
 
+@pytest.mark.slow  # fast lane: over 3 s (a subprocess or a tiny run)
 def test_quasi_mc_marginals_of_the_exact_pmf_match_the_exact_marginals(torus4):
     system, ref = torus4
     names = system.cg_names

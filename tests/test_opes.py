@@ -44,6 +44,7 @@ def _check_fes(mb, run_dir, kld_tol: float, rmse_tol: float, max_tol: float, gam
     assert _errors(hist[0].pmf_kT, ref.prob)[0] > kld  # it converges
 
 
+@pytest.mark.slow  # fast lane: over 3 s (a subprocess or a tiny run)
 def test_opes_fes_matches_exact_mb_pmf(tmp_path, mb):
     view = mb.simulation_view()
     st = OpesSettings(n_steps=100_000, barrier_kJ_per_mol=25.0, sigma=0.05, pace_steps=100,

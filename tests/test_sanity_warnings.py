@@ -3,6 +3,7 @@ summary) and each check fires exactly when it should."""
 
 
 import numpy as np
+import pytest
 
 from cgflow.core import run_directory as rd
 from cgflow.learning.diagnostics import (
@@ -14,6 +15,7 @@ from cgflow.learning.diagnostics import (
 from conftest import run_cgflow
 
 
+@pytest.mark.slow  # fast lane: over 3 s (a subprocess or a tiny run)
 def test_deliberately_bad_tiny_run_warns_on_console_metrics_and_summary(tmp_path):
     # a learning rate of 0.3 blows the flow up after one epoch: labels from a handful of draws each
     bad = ["by_example.epochs=1", "by_energy.epochs_first=1", "by_energy.lr=0.3", "labels.estimator=pooled",

@@ -183,6 +183,7 @@ def test_cli_writes_its_files_counts_evaluations_and_prints_a_verdict(mb_run):
     (["--walkers", "1"], "--walkers"),
     (["--resume", "--out", "nowhere"], "holds no interrupted validation"),
 ])
+@pytest.mark.slow  # fast lane: over 3 s (a subprocess or a tiny run)
 def test_cli_bad_input_one_line_exit_2_nothing_written(mb_run, tmp_path, args, message):
     res = run_cgflow("validate", str(mb_run), "--out", str(tmp_path / "v"), *[a if a != "nowhere" else str(tmp_path / "v")
                                                                               for a in args])
