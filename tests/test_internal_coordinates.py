@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import re
 import sys
 from pathlib import Path
 
@@ -344,6 +345,19 @@ def test_impossible_torsion_raises(ala):
         build_zmatrix([(0, 1), (1, 2), (3, 4)], 5)
     with pytest.raises(ValueError):
         find_dihedral(top, "phi", residue="NME")
+
+
+def test_find_dihedral_errors_list_what_the_topology_has(ala):
+    """Issue 18.5: a dihedral alanine dipeptide lacks (chi1) or a residue it lacks (psi:7) is refused with the
+    dihedrals that exist (phi:1, psi:1), not with the names mdtraj knows in general."""
+    top = ala[0]
+    for name, residue in (("chi", None), ("chi1", None), ("omega", None)):
+        with pytest.raises(ValueError) as err:
+            find_dihedral(top, name, residue)
+        msg = str(err.value)
+        assert re.search(r"phi:1 \(ALA\d\), psi:1 \(ALA\d\)$", msg) and "chi2" not in msg and "chi5" not in msg
+    with pytest.raises(ValueError, match=r"psi exists here as psi:1 \(ALA\d\)$"):
+        find_dihedral(top, "psi", 7)
 
 
 def test_ala_cuda_if_available(ala, ala_transform):

@@ -188,9 +188,11 @@ class MDRun:
         """Run (or continue) to settings.n_steps; returns md.json's content."""
         from tqdm.auto import tqdm
 
+        from cgflow.core.progress import bars_disabled
+
         s, every = self.settings, self.settings.report_every_steps
         with tqdm(total=s.n_steps, initial=self.info["steps_done"], desc=f"MD ({s.engine}, {s.n_replicas} "
-                  f"replica{'s' * (s.n_replicas > 1)})", unit="step", unit_scale=True, disable=not self.progress,
+                  f"replica{'s' * (s.n_replicas > 1)})", unit="step", unit_scale=True, disable=bars_disabled(self.progress),
                   leave=False) as bar:
             while self.info["steps_done"] < s.n_steps:
                 t0 = time.perf_counter()

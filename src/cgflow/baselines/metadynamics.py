@@ -276,6 +276,7 @@ class MetadynamicsRun:
         import openmm.unit as unit
         from tqdm.auto import tqdm
 
+        from cgflow.core.progress import bars_disabled
         from cgflow.core.seeds import openmm_seed
 
         st, v = self.settings, self.view
@@ -309,7 +310,7 @@ class MetadynamicsRun:
             atomic_write_text(self.run_dir / METAD_JSON, json.dumps(info, indent=1) + "\n")
 
         with tqdm(total=st.n_steps, desc="well-tempered metadynamics", unit="step", unit_scale=True,
-                  disable=not self.progress, leave=False) as bar:
+                  disable=bars_disabled(self.progress), leave=False) as bar:
             for i in range(st.n_steps // st.snapshot_every_steps):
                 t0 = time.perf_counter()
                 meta.step(sim, st.snapshot_every_steps)

@@ -253,6 +253,7 @@ class OpesRun:
         import openmm_opes
         from tqdm.auto import tqdm
 
+        from cgflow.core.progress import bars_disabled
         from cgflow.core.seeds import openmm_seed
 
         st, v = self.settings, self.view
@@ -296,7 +297,7 @@ class OpesRun:
 
         every = st.snapshot_every_steps
         with tqdm(total=st.n_steps, initial=progress["steps_done"], desc=self.info["method"], unit="step",
-                  unit_scale=True, disable=not self.progress, leave=False) as bar:
+                  unit_scale=True, disable=bars_disabled(self.progress), leave=False) as bar:
             while progress["steps_done"] < st.n_steps:
                 t0 = time.perf_counter()
                 opes.step(sim, every)

@@ -153,6 +153,8 @@ class UmbrellaRun:
     def run(self) -> dict:
         from tqdm.auto import tqdm
 
+        from cgflow.core.progress import bars_disabled
+
         st, v = self.settings, self.view
         dev = st.device
         centers_t = torch.as_tensor(self.centers, device=dev)
@@ -172,7 +174,7 @@ class UmbrellaRun:
         n_samples = st.production_steps // st.sample_every_steps
         s_out = np.empty((n_samples, K, v.cg_dim))
         total = st.equilibration_steps + st.production_steps
-        with tqdm(total=total, desc=f"umbrella sampling ({K} windows)", unit="step", disable=not self.progress,
+        with tqdm(total=total, desc=f"umbrella sampling ({K} windows)", unit="step", disable=bars_disabled(self.progress),
                   leave=False) as bar:
             done = 0
             while done < st.equilibration_steps:

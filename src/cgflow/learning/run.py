@@ -27,6 +27,7 @@ from cgflow.config import RunConfig, check_against_system, dump_config, validate
 from cgflow.core import run_directory as rd
 from cgflow.core.evaluation_counter import EvaluationCounter
 from cgflow.core.features import CGFeatures
+from cgflow.core.progress import bars_disabled
 from cgflow.core.system import System, with_defaults
 from cgflow.flows import ConditionalAffineFlow, ConditionalFlow
 from cgflow.learning.checkpoint import Checkpoint
@@ -299,7 +300,7 @@ class ActiveLearningRun:
         first, epochs, warmup, total = self._epoch_plan(iteration)
         n_steps = self.dataset.epoch_size(c.old_fraction, c.batch_size) // c.batch_size
         bar = tqdm(total=epochs * n_steps, desc=f"iteration {iteration}: flow by energy",
-                   leave=False, disable=not self.cfg.progress, mininterval=0.5)
+                   leave=False, disable=bars_disabled(self.cfg.progress), mininterval=0.5)
         out, skipped = {}, 0
         for epoch in range(first, first + epochs):
             for g in self.optimizer.param_groups:

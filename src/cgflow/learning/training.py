@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cgflow.core.evaluation_counter import EvaluationCounter
+from cgflow.core.progress import bars_disabled
 from cgflow.core.system import System
 from cgflow.flows.base import ConditionalFlow
 from cgflow.learning.dataset import EVALUATED, REJECTED, ALDataset
@@ -24,7 +25,7 @@ def train_by_example(flow: ConditionalFlow, s: torch.Tensor, x_fg: torch.Tensor,
         g["lr"] = lr
     n = s.shape[0]
     losses = []
-    for _ in tqdm(range(epochs), desc="flow by example", leave=False, disable=not progress, mininterval=0.5):
+    for _ in tqdm(range(epochs), desc="flow by example", leave=False, disable=bars_disabled(progress), mininterval=0.5):
         perm = torch.randperm(n, generator=generator)
         total = 0.0
         for i in range(0, n, batch_size):

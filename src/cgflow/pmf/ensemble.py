@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cgflow.core.features import CGFeatures
+from cgflow.core.progress import bars_disabled
 
 _ACT = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh, "silu": nn.functional.silu}
 
@@ -236,7 +237,7 @@ class PMFEnsemble(nn.Module):
         n_batches = max(1, n_sub // b)
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
         best, since, n_epochs = math.inf, 0, 0
-        for _ in tqdm(range(epochs), desc="ensemble", leave=False, disable=not progress, mininterval=0.5):
+        for _ in tqdm(range(epochs), desc="ensemble", leave=False, disable=bars_disabled(progress), mininterval=0.5):
             n_epochs += 1
             epoch_loss = 0.0
             order = torch.argsort(torch.rand(K, n_sub, generator=gen), dim=1).to(device)

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cgflow.core.geometry import wrap_periodic
+from cgflow.core.progress import bars_disabled
 
 
 @dataclass
@@ -74,7 +75,7 @@ def find_high_error_points(
         confine = ~torch.tensor(periodic, device=s.device)
     n_acc = 0
     n_prop = 0
-    bar = tqdm(total=n_find, desc="MC in CG space", leave=False, disable=not progress, mininterval=0.5)
+    bar = tqdm(total=n_find, desc="MC in CG space", leave=False, disable=bars_disabled(progress), mininterval=0.5)
     n_done = 0
     for step in range(1, max_steps + 1):
         prop = wrap_periodic(s + step_size * torch.randn_like(s), periodic)

@@ -147,6 +147,8 @@ class BiasedMDValidation:
     def run(self) -> tuple[FlatnessEstimate, dict]:
         from tqdm.auto import tqdm
 
+        from cgflow.core.progress import bars_disabled
+
         st, view = self.settings, self.view
         W, Bc = st.walkers, int(np.prod([len(e) - 1 for e in self.coarse_edges]))
         gen = torch.Generator()
@@ -172,7 +174,7 @@ class BiasedMDValidation:
             done, wall, n_out = 0, 0.0, 0
         t0 = time.perf_counter() - wall
         with tqdm(total=total, initial=done, desc=f"validate: biased MD ({W} walkers)", unit="step",
-                  disable=not self.progress, leave=False) as bar:
+                  disable=bars_disabled(self.progress), leave=False) as bar:
             while done < total:
                 chunk = done // st.chunk_steps
                 end = min(total, (chunk + 1) * st.chunk_steps)

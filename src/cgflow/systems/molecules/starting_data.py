@@ -154,6 +154,8 @@ def _run_md(system, positions: np.ndarray, params: dict, n_frames: int, progress
     import openmm.unit as unit
     from tqdm.auto import tqdm
 
+    from cgflow.core.progress import bars_disabled
+
     T = params["temperature_K"] * unit.kelvin
     integrator = openmm.LangevinMiddleIntegrator(T, params["friction_per_ps"] / unit.picosecond,
                                                  params["timestep_fs"] * unit.femtosecond)
@@ -166,7 +168,7 @@ def _run_md(system, positions: np.ndarray, params: dict, n_frames: int, progress
     every = params["frame_every_steps"]
     n_atoms = system.getNumParticles()
     frames = np.empty((n_frames, n_atoms, 3), dtype=np.float64)
-    with tqdm(total=n_frames * every, desc=description, unit="step", unit_scale=True, disable=not progress,
+    with tqdm(total=n_frames * every, desc=description, unit="step", unit_scale=True, disable=bars_disabled(progress),
               leave=False) as bar:
         for k in range(n_frames):
             integrator.step(every)

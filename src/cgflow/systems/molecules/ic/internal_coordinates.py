@@ -495,20 +495,12 @@ def find_dihedral(top: Any, name: str, residue: Any = None) -> tuple[int, int, i
     (int), by name (e.g. "ALA"), by mdtraj residue string ("ALA2") or by an mdtraj Residue; with
     ``residue=None`` the dihedral must be unique in the topology.
     """
-    from mdtraj.geometry import dihedral as mdd
-
     top = _as_mdtraj_topology(top)
     key = name.lower()
-    if key not in _DIHEDRAL_INDEXERS:
-        raise ValueError(f"unknown dihedral name {name!r}; known: {sorted(_DIHEDRAL_INDEXERS)}")
-    rows = np.asarray(getattr(mdd, _DIHEDRAL_INDEXERS[key])(top), dtype=np.int64).reshape(-1, 4)
-
-    def owner(row: np.ndarray):
-        res = [top.atom(int(i)).residue for i in row]
-        counts = {r.index: sum(s.index == r.index for s in res) for r in res}
-        best = max(counts.values())
-        winners = [r for r in res if counts[r.index] == best]
-        return res[1] if res[1] in winners else winners[0]
+    here = available_dihedrals(top)
+    if key not in _DIHEDRAL_INDEXERS or not here.get(key):
+        what = "unknown dihedral name" if key not in _DIHEDRAL_INDEXERS else "no dihedral"
+        raise ValueError(f"{what} {name!r} in this topology; it has {_describe_available(here)}")
 
     def matches(res) -> bool:
         if residue is None:
@@ -519,11 +511,44 @@ def find_dihedral(top: Any, name: str, residue: Any = None) -> tuple[int, int, i
             return residue in (res.name, str(res))
         return res.index == getattr(residue, "index", None)
 
-    found = [tuple(int(i) for i in row) for row in rows if matches(owner(row))]
+    found = [row for row, res in here[key] if matches(res)]
     if len(found) != 1:
         where = "" if residue is None else f" in residue {residue!r}"
-        raise ValueError(f"found {len(found)} {key} dihedrals{where} (need exactly one): {found}")
-    return found[0]  # type: ignore[return-value]
+        options = ", ".join(f"{key}:{res.index} ({res})" for _, res in here[key])
+        raise ValueError(f"found {len(found)} {key} dihedrals{where} (need exactly one); "
+                         f"{key} exists here as {options}")
+    return found[0]
+
+
+def available_dihedrals(top: Any) -> dict[str, list[tuple[tuple[int, int, int, int], Any]]]:
+    """The named dihedrals a topology has: name -> [(4 atom indices, owning mdtraj Residue), ...].
+
+    Names are those of :func:`find_dihedral` (phi, psi, omega, chi1..chi5, mdtraj's index logic); the owning
+    residue is the one holding most of the 4 atoms (for phi and psi the residue of its CA), ties broken by
+    the second atom.  Names the topology lacks map to empty lists.
+    """
+    from mdtraj.geometry import dihedral as mdd
+
+    top = _as_mdtraj_topology(top)
+
+    def owner(row: np.ndarray):
+        res = [top.atom(int(i)).residue for i in row]
+        counts = {r.index: sum(s.index == r.index for s in res) for r in res}
+        best = max(counts.values())
+        winners = [r for r in res if counts[r.index] == best]
+        return res[1] if res[1] in winners else winners[0]
+
+    out: dict[str, list[tuple[tuple[int, int, int, int], Any]]] = {}
+    for key, fn in _DIHEDRAL_INDEXERS.items():
+        rows = np.asarray(getattr(mdd, fn)(top), dtype=np.int64).reshape(-1, 4)
+        out[key] = [(tuple(int(i) for i in row), owner(row)) for row in rows]  # type: ignore[misc]
+    return out
+
+
+def _describe_available(here: dict) -> str:
+    """One line, e.g. "phi:1, psi:1 (ALA2); omega:0 (ACE1), omega:1 (ALA2)" -- name:residue index."""
+    parts = [f"{key}:{res.index} ({res})" for key, rows in here.items() for _, res in rows]
+    return ", ".join(parts) if parts else "no named dihedrals (give 4 atom indices \"i,j,k,l\")"
 
 
 def zmatrix_from_mdtraj_topology(top: Any, torsions: Sequence[Any] = ()) -> ZMatrix:
