@@ -89,7 +89,7 @@ def strict(cg_dim):  # takes no other kwargs: a child config must not inherit it
 
 
 @pytest.mark.parametrize("factory, kwargs, needle", [
-    ("no_such_module_xyz:make", {}, "cannot import module 'no_such_module_xyz'"),
+    ("no_such_module_xyz:make", {}, "cannot import module 'no_such_module_xyz' (it is looked for in the working directory"),
     ("badsys:nothing", {}, "module badsys has no attribute 'nothing'"),
     ("badsys:returns_dict", {}, "lacks name, cg_dim"),
     ("badsys:inconsistent", {}, "len(cg_periodic) = 1 but cg_dim = 2"),

@@ -109,7 +109,9 @@ class ActiveLearningRun:
         run_dir: output directory; must not exist unless ``resume``.
         resume: continue from ``run_dir/checkpoint.pt`` (the config saved there is used; a
             different ``cfg`` is refused; None takes the saved one).
-        reporters: progress observers.
+        reporters: progress observers. None by default: from Python a run prints no per-iteration lines and
+            writes no plots; ``[ConsoleReporter(), PlotReporter()]`` (cgflow.learning.reporters,
+            cgflow.analysis.plotting) does what ``cgflow run`` does.
         system: an object implementing :class:`cgflow.core.system.System` (a plug-in system, see
             docs/systems.md) used instead of building one from ``cfg.system``; the saved config then
             records ``system: {name: python, factory: null, object: <its class>}``, and a resume
