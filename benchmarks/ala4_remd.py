@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cgflow.baselines.replica_exchange import exchange_step, geometric_ladder
+
 CG = ["phi:1", "psi:1", "phi:2", "psi:2", "phi:3", "psi:3"]
 SEQUENCE = "ACE ALA ALA ALA NME"
 KB_KJMOL_PER_K = 0.00831446261815324  # Boltzmann constant in kJ/(mol K) (CODATA 2018, as openmm.unit)
@@ -64,31 +66,6 @@ def _atomic_savez(path: Path, **arrays) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
-
-
-def geometric_ladder(t_min: float, t_max: float, n: int) -> np.ndarray:
-    """(n,) temperatures in K, t_min * (t_max / t_min) ** (k / (n - 1))."""
-    if n == 1:
-        return np.array([t_min])
-    return t_min * (t_max / t_min) ** (np.arange(n) / (n - 1))
-
-
-def exchange_step(u_kjmol: np.ndarray, replica_at: np.ndarray, betas: np.ndarray, parity: int,
-                  rng: np.random.Generator) -> np.ndarray:
-    """One sweep of neighbour swaps; returns (n_temperatures - 1,) bool, which pairs (k, k+1) swapped.
-
-    u_kjmol (n_replicas,): potential energy of each replica; replica_at (n_temperatures,): which replica
-    sits at each temperature (modified in place); betas (n_temperatures,) in mol/kJ; pairs (k, k+1) with
-    k % 2 == parity are offered.  Acceptance min(1, exp((beta_k - beta_k+1) (U_k - U_k+1))).
-    """
-    swapped = np.zeros(len(betas) - 1, dtype=bool)
-    for k in range(parity, len(betas) - 1, 2):
-        a, b = replica_at[k], replica_at[k + 1]
-        log_acc = (betas[k] - betas[k + 1]) * (u_kjmol[a] - u_kjmol[b])
-        if log_acc >= 0 or rng.random() < np.exp(log_acc):
-            replica_at[k], replica_at[k + 1] = b, a
-            swapped[k] = True
-    return swapped
 
 
 def main() -> None:
