@@ -1,0 +1,75 @@
+"""The shipped `cgflow run ala4` results and the plain-MD reference scored against the REMD reference.
+
+Reads the final ``pmf.npz`` of each run (its 24 x 24 marginal PMFs of the 5 neighbouring pairs), the 300 K frames
+of the REMD ladders (benchmarks/results/ala4-remd/ala4-remd-300K.npz) and the plain-MD reference
+(benchmarks/results/ala4-reference/ala4-reference.npz). Prints and writes ``<remd dir>/ala4-vs-remd.json``: the
+forward KLD sum P_remd ln(P_remd / Q) per pair (model probabilities floored at 1e-10, as `cgflow compare`), and
+the alpha_L (phi_k > 0) population and free energy of each residue, from each source.
+Usage: ``python benchmarks/ala4_vs_remd.py benchmarks/results/ala4-run/b-explore benchmarks/results/ala4-run/b-explore-seed1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cgflow.analysis.marginals import histogram_marginals
+
+REMD = Path("benchmarks/results/ala4-remd")
+MD = Path("benchmarks/results/ala4-reference")
+
+
+def kld(p: np.ndarray, q: np.ndarray, floor: float = 1e-10) -> float:
+    q = np.maximum(q / q.sum(), floor)
+    q = q / q.sum()
+    m = p > 0
+    return float(np.sum(p[m] * np.log(p[m] / q[m])))
+
+
+def alpha_l(prob: np.ndarray, pair: tuple[int, int], names: list[str], edges: np.ndarray) -> float | None:
+    """phi > 0 mass of a (phi_k, psi_k) marginal, or None if the pair is not one."""
+    i, j = pair
+    if not (names[i].startswith("phi") and names[j] == "psi" + names[i][3:]):
+        return None
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    return float(prob[centres > 0, :].sum() / prob.sum())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    args = ap.parse_args()
+    z = np.load(REMD / "ala4-remd-300K.npz")
+    names = [str(n) for n in z["cg_names"]]
+    remd = np.concatenate([z["dihedrals_A"], z["dihedrals_B"]]).astype(np.float64)
+    md = np.asarray(np.load(MD / "ala4-reference.npz")["dihedrals"], dtype=np.float64).reshape(-1, len(names))
+    first = np.load(args.runs[0] / "pmf.npz")
+    pairs = [tuple(int(v) for v in p) for p in first["marginal_pairs"]]
+    edges = np.asarray(first["marginal_edges_0"])
+    ref = histogram_marginals(remd, [edges] * len(names), pairs)
+    sources = {"plain MD reference (8 x 2.25 ns, 9.4e6 evaluations)": histogram_marginals(md, [edges] * len(names),
+                                                                                          pairs)}
+    for run in args.runs:
+        zz = np.load(run / "pmf.npz")
+        assert [tuple(int(v) for v in p) for p in zz["marginal_pairs"]] == pairs
+        f = np.asarray(zz["marginal_pmf_kT"])
+        sources[f"cgflow run ala4: {run.name}"] = [np.exp(-(fk - np.nanmin(fk))) for fk in f]
+    out = {"reference": "REMD 300 K frames, both ladders", "bins": len(edges) - 1,
+           "pairs": [f"{names[i]}|{names[j]}" for i, j in pairs],
+           "remd_alpha_L": [alpha_l(r, p, names, edges) for r, p in zip(ref, pairs)], "sources": {}}
+    for name, probs in sources.items():
+        probs = [np.nan_to_num(p) for p in probs]
+        k = [kld(r / r.sum(), q) for r, q in zip(ref, probs)]
+        a = [alpha_l(q, p, names, edges) for q, p in zip(probs, pairs)]
+        out["sources"][name] = {"forward_kld_per_pair": k, "forward_kld_mean": float(np.mean(k)), "alpha_L": a}
+        print(f"{name}: KLD mean {np.mean(k):.3f} per pair {np.round(k, 3).tolist()}; alpha_L "
+              f"{[None if x is None else round(x, 4) for x in a]}")
+    print("REMD alpha_L", [None if x is None else round(x, 4) for x in out["remd_alpha_L"]])
+    (REMD / "ala4-vs-remd.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
