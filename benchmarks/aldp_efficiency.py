@@ -20,6 +20,8 @@ machine: a second job on 2 cores distorts timings several-fold.
     python benchmarks/aldp_efficiency.py --out runs/eff                      # run everything (~1 h on 2 cores)
     python benchmarks/aldp_efficiency.py --out runs/eff --al-dirs A0 A1 A2 --metad-dirs M0 M1 M2   # score only
     python benchmarks/aldp_efficiency.py --out runs/eff --al-dirs --metad-dirs --opes-dirs O0   # one OPES run only
+    python benchmarks/aldp_efficiency.py --out runs/eff --al-dirs A0 A1 A2 --metad-dirs --opes-steps 0 \
+        --curves benchmarks/results/aldp-efficiency/curves.csv:WT-metadynamics     # a method scored earlier
 """
 
 from __future__ import annotations
@@ -215,6 +217,33 @@ def plot_calibration(al_dirs: list[Path], path: Path) -> None:
     plt.close(fig)
 
 
+def read_curves(spec: str) -> dict[str, dict[str, dict]]:
+    """{method: {run: curve}} from a curves.csv with columns method (or config), run (or seed),
+    evaluations, wall_time_s, forward_kld: ``PATH``, ``PATH:METHOD`` for one method's rows, or
+    ``PATH:METHOD=LABEL`` to show them as LABEL."""
+    path, _, only = spec.partition(":")
+    only, _, label = only.partition("=")
+    rows = list(csv.DictReader(open(path, newline="")))
+    if not rows:
+        raise SystemExit(f"error: {path} has no rows")
+    out: dict[str, dict[str, list]] = {}
+    for r in rows:
+        method = r.get("method") or r.get("config") or "?"
+        if only and method != only:
+            continue
+        run = r.get("run") or f"seed{r.get('seed', '?')}"
+        out.setdefault(label or method, {}).setdefault(run, []).append(r)
+    if not out:
+        raise SystemExit(f"error: {path} has no rows of method {only!r}")
+    curves: dict[str, dict[str, dict]] = {}
+    for method, by_run in out.items():
+        for run, rs in by_run.items():
+            rs.sort(key=lambda r: float(r["evaluations"]))
+            curves.setdefault(method, {})[run] = {
+                k: np.array([float(r[k]) for r in rs]) for k in ("evaluations", "wall_time_s", "forward_kld")}
+    return curves
+
+
 def run_al(preset: str, seeds, out: Path, threads: int, extra: list[str]) -> list[Path]:
     dirs = []
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -274,6 +303,9 @@ def main() -> None:
     ap.add_argument("--opes-label", default="OPES")
     ap.add_argument("--al-label", default=None)
     ap.add_argument("--note", default="", help="a line about the machine's load, printed in the title")
+    ap.add_argument("--curves", nargs="*", default=[], metavar="CSV[:METHOD[=LABEL]]",
+                    help="add methods already scored: a curves.csv this script (or benchmarks/opes_scan.py) wrote, "
+                         "optionally only its rows of METHOD (the snapshots as they were scored; nothing rerun)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     machine = describe_machine()
@@ -298,13 +330,18 @@ def main() -> None:
     runs = {al_label: al_dirs, "WT-metadynamics": metad_dirs, args.opes_label: opes_dirs}
     runs = {name: dirs for name, dirs in runs.items() if dirs}
     methods = {name: [snapshot_curve(d, ref.prob) for d in dirs] for name, dirs in runs.items()}
+    names = {name: [d.name for d in dirs] for name, dirs in runs.items()}
+    for spec in args.curves:
+        for name, run_curves in read_curves(spec).items():
+            methods.setdefault(name, []).extend(run_curves.values())
+            names.setdefault(name, []).extend(run_curves)
     with open(args.out / "curves.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["method", "run", "evaluations", "wall_time_s", "forward_kld"])
-        for (name, curves), dirs in zip(methods.items(), runs.values()):
-            for c, d in zip(curves, dirs):
+        for name, curves in methods.items():
+            for c, run_name in zip(curves, names[name]):
                 for e, t, k in zip(c["evaluations"], c["wall_time_s"], c["forward_kld"]):
-                    w.writerow([name, d.name, int(e), f"{t:.2f}", f"{k:.6g}"])
+                    w.writerow([name, run_name, int(e), f"{t:.2f}", f"{k:.6g}"])
     md = table(methods)
     (args.out / "table.md").write_text(f"{machine}. {args.note}\n\n{md}")
     plot(methods, args.out / "efficiency.png", f"alanine dipeptide vs the umbrella+MBAR reference; {machine}\n{args.note}")

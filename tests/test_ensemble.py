@@ -106,3 +106,33 @@ def test_stable_membership_keeps_each_points_models():
     a = ens.fit(s, f, FitOptions(epochs=1, batch_size=1000, lr=1e-3, progress=False), rng=np.random.default_rng(0), member_keys=torch.arange(50))
     b = ens.fit(s[:40], f[:40], FitOptions(epochs=1, batch_size=1000, lr=1e-3, progress=False, warm_start=True), rng=np.random.default_rng(5), member_keys=torch.arange(40))
     assert np.isfinite(a["ensemble_train_mse"]) and np.isfinite(b["ensemble_train_mse"])
+
+
+def test_float32_networks_fit_as_well_as_float64_and_return_float64():
+    """ensemble.dtype float32 runs only the networks in float32: the Sobolev fit of a known torus function
+    is as accurate as in float64, and values come back float64 around a float64 offset (a constant far
+    from zero is kept to float64 precision, which float32 arithmetic on the labels would lose)."""
+    gen = torch.Generator().manual_seed(3)
+    s = (torch.rand(300, 2, generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
+    f, g = _torus_function(s)
+    big = 1.0e8 + 0.123456789  # labels far from zero: float32 spacing there is 8 kT
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-math.pi, math.pi, 25, dtype=torch.float64)] * 2,
+                                      indexing="ij"), -1).reshape(-1, 2)
+    f_grid, _ = _torus_function(grid)
+    errs = {}
+    for dtype in (torch.float64, torch.float32):
+        torch.manual_seed(0)
+        ens = PMFEnsemble(CGFeatures((True, True)), 4, [32, 32], "tanh", dtype=dtype)
+        assert ens.weights[0].dtype == dtype
+        ens.fit(s, f + big, FitOptions(epochs=300, batch_size=1000, lr=1e-2, progress=False, gradient_weight=1.0),
+                rng=np.random.default_rng(0), grads=g)
+        with torch.no_grad():
+            mean, std = ens.mean_and_std(grid)
+        assert mean.dtype == torch.float64 and std.dtype == torch.float64
+        errs[dtype] = float((mean - big - f_grid).abs().max())
+    assert errs[torch.float32] < 0.1 and errs[torch.float32] < 2 * errs[torch.float64] + 0.02, errs
+
+
+def test_ensemble_rejects_an_unsupported_dtype():
+    with pytest.raises(ValueError, match="float64 or float32"):
+        PMFEnsemble(CGFeatures((True,)), 2, [4], "tanh", dtype=torch.float16)

@@ -149,7 +149,7 @@ class ActiveLearningRun:
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg.by_example.lr)
         e = cfg.ensemble
         self.ensemble = PMFEnsemble(CGFeatures(self.system.cg_periodic), e.n_models, e.hidden, e.activation,
-                                    e.init).to(self.device)
+                                    e.init, dtype=getattr(torch, e.dtype)).to(self.device)
         if resume:
             self._load_checkpoint()
         else:

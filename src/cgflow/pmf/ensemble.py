@@ -60,20 +60,27 @@ class PMFEnsemble(nn.Module):
         activation: sigmoid | relu | tanh | silu.
         init: "xavier" (Xavier-uniform weights, zero biases) or "random_scale" (weights and
             biases ~ N(0, sigma) with sigma ~ U(0.1, 3) drawn per layer and model).
+        dtype: of the networks' weights and arithmetic (torch.float64 or torch.float32).  Inputs,
+            the label offset, outputs, losses and the calibration stay float64 either way: float32
+            only runs the matrix products and activations (about 3x faster on one CPU core,
+            benchmarks/bench_ensemble_fit.py; the networks' own output is a few kT around the
+            offset, so float32's 1e-7 relative precision is far below the labels' noise).
     """
 
     def __init__(self, features: CGFeatures, n_models: int, hidden: list[int], activation: str = "sigmoid",
-                 init: str = "xavier"):
+                 init: str = "xavier", dtype: torch.dtype = torch.float64):
         super().__init__()
+        if dtype not in (torch.float64, torch.float32):
+            raise ValueError(f"ensemble dtype must be float64 or float32, got {dtype}")
         self.features = features
         self.n_models = n_models
         self.activation = activation
         self.init = init
         sizes = [features.n_features, *hidden, 1]
         self.weights = nn.ParameterList(
-            [nn.Parameter(torch.empty(n_models, a, b, dtype=torch.float64)) for a, b in zip(sizes[:-1], sizes[1:])])
+            [nn.Parameter(torch.empty(n_models, a, b, dtype=dtype)) for a, b in zip(sizes[:-1], sizes[1:])])
         self.biases = nn.ParameterList(
-            [nn.Parameter(torch.empty(n_models, 1, b, dtype=torch.float64)) for b in sizes[1:]])
+            [nn.Parameter(torch.empty(n_models, 1, b, dtype=dtype)) for b in sizes[1:]])
         self.register_buffer("offset", torch.zeros((), dtype=torch.float64))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         # factor k >= 1 that makes k * std a calibrated error bar (set by fit from held-out residuals)
@@ -95,14 +102,15 @@ class PMFEnsemble(nn.Module):
                 raise ValueError(f"unknown ensemble init {self.init!r}")
 
     def _forward_features(self, h: torch.Tensor) -> torch.Tensor:
-        """h: (K, B, n_features) -> (K, B)."""
+        """h: (K, B, n_features) -> (K, B) float64 kT (the networks in their own dtype)."""
         act = _ACT[self.activation]
         n = len(self.weights)
+        h = h.to(self.weights[0].dtype)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)
             if i < n - 1:
                 h = act(h)
-        return h.squeeze(-1) + self.offset
+        return h.squeeze(-1).to(torch.float64) + self.offset
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """Per-model PMF predictions, (K, B) kT, for s (B, cg_dim)."""
