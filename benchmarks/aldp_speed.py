@@ -8,7 +8,8 @@ stop (iteration, evaluations, wall-clock, KLD, its error bar, the actual error),
 largest error where F_ref < 10 kT, and the time breakdown (flow incl. energies, ensemble fits, rest).
 
     python benchmarks/aldp_speed.py --out runs/speed --core 0 --seeds 0 1 2 \\
-        --config before=before.yaml --config after=aldp-fast
+        --config after=aldp-fast --config before=before.yaml
+    # --replay-error-bar KT: score the first config's runs as if they had stopped at error_bar_target_kT = KT
 
 Time only on an idle machine, or say what else ran (the table records the load average before each run).
 """
@@ -49,15 +50,28 @@ def run_one(config: str, seed: int, out: Path, core: int) -> None:
         subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
 
 
-def summarize(label: str, seed: int, out: Path) -> dict:
+def replay_stop(rows: list[dict], target_kT: float, region_kT: float = 1.0) -> tuple[list[dict], str]:
+    """The rows up to where ``stopping.error_bar_target_kT = target_kT`` (with the default region veto) would
+    have stopped the run: a run is deterministic, so its first iterations are those of the shorter run."""
+    for k, r in enumerate(rows):
+        if float(r["error_bar_kT"]) < target_kT and float(r["error_bar_max_low_F_kT"]) <= region_kT:
+            return rows[:k + 1], f"error bar {float(r['error_bar_kT']):.3g} kT < {target_kT:g} kT (replayed)"
+    return rows, ""
+
+
+def summarize(label: str, seed: int, out: Path, stop_error_bar: float | None = None, region_kT: float = 1.0) -> dict:
     rows = read_metrics_csv(out / "metrics.csv")
+    replayed = ""
+    if stop_error_bar is not None:
+        rows, replayed = replay_stop(rows, stop_error_bar, region_kT)
     f = {k: np.array([float(r[k]) for r in rows]) for k in
          ("evals_total", "forward_kld", "wall_time_s", "error_bar_kT", "abs_err_ref_weighted_kT",
           "pmf_rmse_unweighted_kT", "pmf_max_abs_error_kT", "t_flow_s", "t_ensemble_s")}
     at = np.flatnonzero(f["evals_total"] <= BUDGET)
     i = int(at[-1]) if at.size else 0
     log = (out.parent / f"{out.name}.log").read_text(errors="replace")
-    stop = next((ln.split("finished:", 1)[1].strip() for ln in log.splitlines() if ln.startswith("finished:")), "")
+    stop = replayed or next((ln.split("finished:", 1)[1].strip() for ln in log.splitlines()
+                             if ln.startswith("finished:")), "")
     load = next((ln.split(":", 1)[1].strip() for ln in log.splitlines() if ln.startswith("# load average")), "")
     wall = f["wall_time_s"][-1]
     return {"config": label, "seed": seed, "evals_at_budget": f["evals_total"][i], "kld_at_budget": f["forward_kld"][i],
@@ -76,6 +90,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--core", type=int, default=0)
     ap.add_argument("--score-only", action="store_true")
+    ap.add_argument("--replay-error-bar", type=float, default=None, metavar="KT",
+                    help="score each run as if it had stopped at stopping.error_bar_target_kT = KT (its rows up to there)")
+    ap.add_argument("--replay-region", type=float, default=1.0, metavar="KT",
+                    help="with --replay-error-bar: the stopping.region_error_bar_kT veto replayed")
     args = ap.parse_args()
     configs = [c.split("=", 1) for c in args.config]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -83,8 +101,9 @@ def main() -> None:
         for seed in args.seeds:
             for label, cfg in configs:
                 run_one(cfg, seed, args.out / f"{label}-seed{seed}", args.core)
-    rows = [summarize(label, s, args.out / f"{label}-seed{s}") for s in args.seeds for label, _ in configs
-            if (args.out / f"{label}-seed{s}" / "metrics.csv").is_file()]
+    rows = [summarize(label, s, args.out / f"{label}-seed{s}", args.replay_error_bar if label == configs[0][0] else None,
+                      args.replay_region)
+            for s in args.seeds for label, _ in configs if (args.out / f"{label}-seed{s}" / "metrics.csv").is_file()]
     with open(args.out / "runs.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -257,10 +257,11 @@ class MetricsConfig(Strict):
                                                 "reference (count)")
     n_integration_points: Annotated[int, Field(ge=2)] = Field(
         default=256, description="points over the other coordinates, per marginal bin (count)")
-    integration: Literal["sobol", "importance"] = Field(default="sobol", description="sobol: quasi-MC, uniform (best "
-                                                        "for a PMF spread over the space); importance: a defensive "
-                                                        "mixture of uniform and kernels around the run's CG points "
-                                                        "(best where exp(-F) fills a small part of it, e.g. peptides)")
+    integration: Literal["sobol", "importance", "adapted"] = Field(
+        default="sobol", description="sobol: quasi-MC, uniform (best for a PMF spread over the space); importance: a "
+        "defensive mixture of uniform and kernels around the run's CG points (best where exp(-F) fills a small part "
+        "of it, e.g. peptides); adapted: kernels around pilot points resampled by their weight under the PMF "
+        "itself (population Monte Carlo; benchmarks/marginal_integration.py)")
     grid_points: Annotated[int, Field(ge=16)] = Field(default=100_000, description="points of the coarse full grid "
                                                       "(acquisition score, error bar) (count)")
 
