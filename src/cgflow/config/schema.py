@@ -262,6 +262,10 @@ class MetricsConfig(Strict):
         "defensive mixture of uniform and kernels around the run's CG points (best where exp(-F) fills a small part "
         "of it, e.g. peptides); adapted: kernels around pilot points resampled by their weight under the PMF "
         "itself (population Monte Carlo; benchmarks/marginal_integration.py)")
+    final_integration_points: Annotated[int, Field(ge=2)] | None = Field(
+        default=None, description="d > 2: the last iteration's marginals (pmf.npz, the final metrics.csv row and "
+        "console figures) with this many points per bin instead of n_integration_points (count; the integration "
+        "error falls ~1/points: benchmarks/marginal_integration.py); null: the same as every iteration")
     grid_points: Annotated[int, Field(ge=16)] = Field(default=100_000, description="points of the coarse full grid "
                                                       "(acquisition score, error bar) (count)")
 

@@ -53,9 +53,10 @@ class Measure:
             return cls(ref.edges, ref)
         return cls([np.linspace(lo, hi, 101) for lo, hi in system.cg_domain], None)
 
-    def measure(self, mean: np.ndarray, std: np.ndarray, run) -> Measurement:
+    def measure(self, mean: np.ndarray, std: np.ndarray, run, n_points: int | None = None) -> Measurement:
         """Forward/reverse KLD and the named PMF errors (:func:`cgflow.analysis.metrics.pmf_errors`) of
-        ``mean`` (kT on :attr:`edges`) against the reference; {} without one."""
+        ``mean`` (kT on :attr:`edges`) against the reference; {} without one (``n_points``: unused on a
+        full grid)."""
         if self.reference is None:
             return Measurement({})
         p_model = probabilities_from_pmf(mean)
@@ -111,8 +112,9 @@ class MarginalMeasure(Measure):
         coarse = [np.linspace(lo, hi, m + 1) for lo, hi in system.cg_domain]
         return cls(MarginalSetup(pairs, edges, ref, mc.n_integration_points, coarse), mc)
 
-    def marginal_pmfs(self, run):
-        """The 2-D marginals of ``run``'s ensemble mean (:class:`~cgflow.analysis.marginals.MarginalPMFs`)."""
+    def marginal_pmfs(self, run, n_points: int | None = None):
+        """The 2-D marginals of ``run``'s ensemble mean (:class:`~cgflow.analysis.marginals.MarginalPMFs`),
+        integrated with ``n_points`` points per bin (None: ``metrics.n_integration_points``)."""
         from cgflow.analysis.marginals import marginal_pmfs
 
         m = self.setup
@@ -122,14 +124,15 @@ class MarginalMeasure(Measure):
             return ens32.mean_and_std(s.to(run.device, torch.float32))[0].cpu().double()
 
         centres = run.dataset.points.numpy() if self.cfg.integration in ("importance", "adapted") else None
-        return marginal_pmfs(f, m.edges, run.system.cg_domain, m.pairs, n_points=m.n_points, seed=run.cfg.seed,
+        return marginal_pmfs(f, m.edges, run.system.cg_domain, m.pairs, n_points=n_points or m.n_points,
+                             seed=run.cfg.seed,
                              periodic=run.system.cg_periodic, centres=centres,
                              adapt=self.cfg.integration == "adapted")
 
-    def measure(self, mean: np.ndarray, std: np.ndarray, run) -> Measurement:
+    def measure(self, mean: np.ndarray, std: np.ndarray, run, n_points: int | None = None) -> Measurement:
         from cgflow.analysis.marginals import marginal_accuracy
 
-        marg = self.marginal_pmfs(run)
+        marg = self.marginal_pmfs(run, n_points)
         if self.setup.reference is None:
             return Measurement({"marginal_integration_error_kld": float(np.mean(marg.integration_error_kld))}, marg)
         return Measurement(marginal_accuracy(self.setup.reference, marg, tuple(run.system.cg_names)), marg)
