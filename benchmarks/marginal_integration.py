@@ -13,8 +13,7 @@ importance sampler centres its kernels are mimicked by 1024 uniform points plus 
 (the preset's sampler.beta 0.5) per residue, jittered.
 
 For each method (`sobol`: quasi-MC uniform; `importance`: kernels around the CG points, the preset's
-setting; `adapted`: population Monte Carlo, kernels around pilot points resampled by their weight) and
-number of points per bin, over several seeds: the actual forward KLD of the marginals against the exact ones
+setting) and number of points per bin, over several seeds: the actual forward KLD of the marginals against the exact ones
 (mean over the five pairs), the stated integration error (what cgflow prints), and the seconds.
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/marginal_integration.py --out benchmarks/results/marginal-integration
@@ -165,7 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--points", type=int, nargs="+", default=[512, 1024, 2048])
-    ap.add_argument("--methods", nargs="+", default=["sobol", "importance", "adapted"])
+    ap.add_argument("--methods", nargs="+", default=["sobol", "importance"], choices=["sobol", "importance"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--grid", type=int, default=96, help="grid of the exact sums (checked against 1.5x)")
     ap.add_argument("--run", type=Path, default=None, help="a finished d > 2 run directory instead of the test PMF")
@@ -206,7 +205,7 @@ def main() -> None:
                     centres = run_centres if run_centres is not None else cg_points(pmf, np.random.default_rng(100 + seed))
                 t = time.perf_counter()
                 m = marginal_pmfs(pmf, edges, domain, pairs, n_points=n, seed=seed, periodic=periodic,
-                                  centres=centres, adapt=method == "adapted")
+                                  centres=centres)
                 dt = time.perf_counter() - t
                 actual = [forward_kld(p, probabilities_from_pmf(f)) for p, f in zip(p_exact, m.pmf_kT)]
                 rows.append({"method": method, "n_points": n, "seed": seed, "actual_kld_mean": float(np.mean(actual)),

@@ -63,34 +63,6 @@ def resolve_pairs(spec, names: tuple[str, ...]) -> list[tuple[int, int]]:
     return out
 
 
-def _mixture_draw_and_log_q(c: np.ndarray, lo: np.ndarray, hi: np.ndarray, per: np.ndarray, n: int,
-                            rng: np.random.Generator, bandwidth: float,
-                            uniform_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """n points (n, k) from the defensive mixture u / V + (1 - u) KDE(c, bandwidth) over the box lo..hi
-    (periodic coordinates wrapped), a Sobol part for the uniform share, and their log density (+inf
-    for a point outside a non-periodic side: it has q but no integrand)."""
-    from scipy.special import logsumexp
-    from scipy.stats import qmc
-
-    k = len(lo)
-    n_u = max(1, int(round(uniform_fraction * n)))
-    m = int(np.ceil(np.log2(n_u)))
-    r_u = lo + qmc.Sobol(d=k, scramble=True, seed=rng).random_base2(m)[:n_u] * (hi - lo)
-    r_k = c[rng.integers(len(c), size=n - n_u)] + bandwidth * rng.standard_normal((n - n_u, k))
-    r = np.concatenate([r_u, r_k])
-    width = hi - lo
-    r = np.where(per, lo + np.mod(r - lo, width), r)
-    diff = r[:, None, :] - c[None, :, :]  # (n, M, k)
-    diff = np.where(per, np.mod(diff + width / 2, width) - width / 2, diff)
-    log_kde = (logsumexp(-0.5 * np.sum(diff**2, -1) / bandwidth**2, axis=1) - np.log(len(c))
-               - k * np.log(np.sqrt(2 * np.pi) * bandwidth))
-    u = n_u / n  # the fraction actually drawn uniformly (balance heuristic: exactly unbiased)
-    log_q = np.logaddexp(np.log(u) - np.sum(np.log(width)), np.log1p(-u) + log_kde) if u < 1 else \
-        np.full(n, -np.sum(np.log(width)))
-    outside = np.any(~per & ((r < lo) | (r > hi)), axis=1)
-    return r, np.where(outside, np.inf, log_q)
-
-
 def integration_points(domain, others: list[int], n_points: int, seed: int, periodic=None, centres=None,
                        bandwidth: float = 0.35, uniform_fraction: float = 0.25) -> list[tuple[np.ndarray, np.ndarray]]:
     """Two independent point sets over the coordinates ``others``, each ``(r (n_points // 2, len(others)),
@@ -105,6 +77,7 @@ def integration_points(domain, others: list[int], n_points: int, seed: int, peri
     weights stay below V / u)."""
     if not others:
         return [(np.zeros((1, 0)), np.zeros(1))]
+    from scipy.special import logsumexp
     from scipy.stats import qmc
 
     lo, hi = np.array([domain[k] for k in others], dtype=np.float64).T
@@ -119,57 +92,33 @@ def integration_points(domain, others: list[int], n_points: int, seed: int, peri
             sets.append((lo + u * (hi - lo), np.zeros(half)))
             continue
         c = np.asarray(centres, dtype=np.float64)[:, others]
-        sets.append(_mixture_draw_and_log_q(c, lo, hi, per, half, rng, bandwidth, uniform_fraction))
-    return sets
-
-
-def adapted_integration_points(f_of_s, a_b_pilot: np.ndarray, pair, domain, n_points: int, seed: int,
-                               periodic=None, centres=None, chunk: int = 200_000, pilot_factor: float = 2.0,
-                               n_resampled: int = 256, bandwidth: float = 0.2,
-                               uniform_fraction: float = 0.25) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Two independent point sets as :func:`integration_points` (``n_points // 2`` each), adapted to
-    the PMF itself (population Monte Carlo).  A pilot of ``pilot_factor`` times as many points from
-    :func:`integration_points` (around ``centres``, or uniform) is weighted by how much of the marginal
-    each carries, w_k = sum over the pilot bins ``a_b_pilot`` (P', 2) of exp(-F(a, b, r_k)) / q(r_k)
-    (a coarser grid than the marginal's: the pilot costs P' / P of the evaluations per point);
-    ``n_resampled`` pilot points drawn in proportion to w_k become the centres of a narrower defensive
-    mixture (``bandwidth``, ``uniform_fraction`` uniform) from which the set is drawn.  Only those
-    points estimate the marginal (the pilot only chooses where to look), so each set is an unbiased
-    importance sample, independent of the other: their difference still states the error."""
-    d = len(domain)
-    others = [k for k in range(d) if k not in pair]
-    if not others:
-        return integration_points(domain, others, n_points, seed, periodic, centres)
-    half = max(2, n_points // 2)
-    pilots = integration_points(domain, others, 2 * max(2, int(round(pilot_factor * half))), seed + 7919, periodic,
-                                centres)
-    lo, hi = np.array([domain[k] for k in others], dtype=np.float64).T
-    per = np.array([bool(periodic[k]) for k in others]) if periodic is not None else np.zeros(len(others), bool)
-    sets = []
-    for h, (r, log_q) in enumerate(pilots):
-        _, log_w = _neg_log_mean_exp_neg(f_of_s, a_b_pilot, r, pair, d, chunk, log_q, point_log_weights=True)
-        rng = np.random.default_rng([seed, h, 1])
-        ok = np.isfinite(log_w)
-        if not ok.any():  # nothing finite to adapt to: the plain set
-            sets.append(integration_points(domain, others, n_points, seed, periodic, centres)[h])
-            continue
-        w = np.exp(log_w[ok] - log_w[ok].max())
-        c = r[ok][rng.choice(int(ok.sum()), size=n_resampled, p=w / w.sum())]
-        sets.append(_mixture_draw_and_log_q(c, lo, hi, per, half, rng, bandwidth, uniform_fraction))
+        n_u = max(1, int(round(uniform_fraction * half)))
+        m = int(np.ceil(np.log2(n_u)))
+        r_u = lo + qmc.Sobol(d=len(others), scramble=True, seed=rng).random_base2(m)[:n_u] * (hi - lo)
+        r_k = c[rng.integers(len(c), size=half - n_u)] + bandwidth * rng.standard_normal((half - n_u, len(others)))
+        r = np.concatenate([r_u, r_k])
+        width = hi - lo
+        r = np.where(per, lo + np.mod(r - lo, width), r)
+        diff = r[:, None, :] - c[None, :, :]  # (K, M, n)
+        diff = np.where(per, np.mod(diff + width / 2, width) - width / 2, diff)
+        log_kde = (logsumexp(-0.5 * np.sum(diff**2, -1) / bandwidth**2, axis=1) - np.log(len(c))
+                   - len(others) * np.log(np.sqrt(2 * np.pi) * bandwidth))
+        u = n_u / half  # the fraction actually drawn uniformly (balance heuristic: exactly unbiased)
+        log_q = np.logaddexp(np.log(u) - np.sum(np.log(width)), np.log1p(-u) + log_kde) if u < 1 else \
+            np.full(half, -np.sum(np.log(width)))
+        outside = np.any(~per & ((r < lo) | (r > hi)), axis=1)
+        sets.append((r, np.where(outside, np.inf, log_q)))
     return sets
 
 
 @torch.no_grad()
 def _neg_log_mean_exp_neg(f_of_s, a_b: np.ndarray, rest: np.ndarray, pair, d: int, chunk: int,
-                          log_q: np.ndarray | None = None, point_log_weights: bool = False):
-    """-ln mean_k exp(-F(a_b[p], rest[k]) - log_q[k]) for every row p of a_b (P, 2), rest (K, d - 2);
-    with ``point_log_weights`` also (K,) ln sum_p exp(-F(a_b[p], rest[k]) - log_q[k]) (how much of the
-    marginal each point carries)."""
+                          log_q: np.ndarray | None = None) -> np.ndarray:
+    """-ln mean_k exp(-F(a_b[p], rest[k]) - log_q[k]) for every row p of a_b (P, 2), rest (K, d - 2)."""
     i, j = pair
     others = [k for k in range(d) if k not in pair]
     P, K = a_b.shape[0], rest.shape[0]
     out = np.empty(P)
-    col = np.full(K, -np.inf)
     per = max(1, chunk // K)
     for start in range(0, P, per):
         ab = a_b[start:start + per]
@@ -184,13 +133,7 @@ def _neg_log_mean_exp_neg(f_of_s, a_b: np.ndarray, rest: np.ndarray, pair, d: in
             f = f + log_q[None, :]
         fmin = f.min(1, keepdims=True)
         out[start:start + per] = fmin[:, 0] - np.log(np.mean(np.exp(-(f - fmin)), axis=1))
-        if point_log_weights:
-            g = -f  # (bins, K); a column of -inf (a point outside the domain) stays -inf
-            gmax = np.max(g, axis=0)
-            safe = np.where(np.isfinite(gmax), gmax, 0.0)
-            with np.errstate(divide="ignore"):
-                col = np.logaddexp(col, safe + np.log(np.sum(np.exp(g - safe), axis=0)))
-    return (out, col) if point_log_weights else out
+    return out
 
 
 @dataclass
@@ -210,14 +153,12 @@ class MarginalPMFs:
 
 
 def marginal_pmfs(f_of_s, edges: list[np.ndarray], domain, pairs: list[tuple[int, int]], n_points: int = 256,
-                  seed: int = 0, chunk: int = 200_000, periodic=None, centres=None,
-                  adapt: bool = False) -> MarginalPMFs:
+                  seed: int = 0, chunk: int = 200_000, periodic=None, centres=None) -> MarginalPMFs:
     """The 2-D marginals of the PMF ``f_of_s`` (a function (N, d) float64 tensor -> (N,) kT) at the bin
     centres of ``edges[i] x edges[j]`` for each pair, integrating the other coordinates over ``domain``
     with ``n_points`` quasi-Monte Carlo points, or importance-sampled around ``centres`` (M, d) if given
-    (:func:`integration_points`; see the module docstring), and with ``adapt`` by points adapted to the
-    PMF itself (:func:`adapted_integration_points`, ``n_points`` evaluations per bin, pilot included).
-    ``chunk`` bounds the points per call of ``f_of_s``."""
+    (:func:`integration_points`; see the module docstring).  ``chunk`` bounds the points per call of
+    ``f_of_s``."""
     d = len(edges)
     pmfs, errors = [], []
     for pair in pairs:
@@ -225,12 +166,7 @@ def marginal_pmfs(f_of_s, edges: list[np.ndarray], domain, pairs: list[tuple[int
         ci, cj = (0.5 * (edges[k][1:] + edges[k][:-1]) for k in (i, j))
         ab = np.stack(np.meshgrid(ci, cj, indexing="ij"), -1).reshape(-1, 2)
         others = [k for k in range(d) if k not in pair]
-        if adapt:  # the pilot on every second bin centre of each coordinate
-            ab_pilot = np.stack(np.meshgrid(ci[::2], cj[::2], indexing="ij"), -1).reshape(-1, 2)
-            sets = adapted_integration_points(f_of_s, ab_pilot, pair, domain, n_points, seed, periodic, centres,
-                                              chunk)
-        else:
-            sets = integration_points(domain, others, n_points, seed, periodic, centres)
+        sets = integration_points(domain, others, n_points, seed, periodic, centres)
         parts = [_neg_log_mean_exp_neg(f_of_s, ab, r, pair, d, chunk, log_q) for r, log_q in sets]
         if len(parts) == 1:
             f, err = parts[0], 0.0

@@ -257,11 +257,10 @@ class MetricsConfig(Strict):
                                                 "reference (count)")
     n_integration_points: Annotated[int, Field(ge=2)] = Field(
         default=256, description="points over the other coordinates, per marginal bin (count)")
-    integration: Literal["sobol", "importance", "adapted"] = Field(
+    integration: Literal["sobol", "importance"] = Field(
         default="sobol", description="sobol: quasi-MC, uniform (best for a PMF spread over the space); importance: a "
         "defensive mixture of uniform and kernels around the run's CG points (best where exp(-F) fills a small part "
-        "of it, e.g. peptides); adapted: kernels around pilot points resampled by their weight under the PMF "
-        "itself (population Monte Carlo; benchmarks/marginal_integration.py)")
+        "of it, e.g. peptides; benchmarks/marginal_integration.py)")
     final_integration_points: Annotated[int, Field(ge=2)] | None = Field(
         default=None, description="d > 2: the last iteration's marginals (pmf.npz, the final metrics.csv row and "
         "console figures) with this many points per bin instead of n_integration_points (count; the integration "

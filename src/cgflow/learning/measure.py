@@ -123,11 +123,10 @@ class MarginalMeasure(Measure):
         def f(s):
             return ens32.mean_and_std(s.to(run.device, torch.float32))[0].cpu().double()
 
-        centres = run.dataset.points.numpy() if self.cfg.integration in ("importance", "adapted") else None
+        centres = run.dataset.points.numpy() if self.cfg.integration == "importance" else None
         return marginal_pmfs(f, m.edges, run.system.cg_domain, m.pairs, n_points=n_points or m.n_points,
                              seed=run.cfg.seed,
-                             periodic=run.system.cg_periodic, centres=centres,
-                             adapt=self.cfg.integration == "adapted")
+                             periodic=run.system.cg_periodic, centres=centres)
 
     def measure(self, mean: np.ndarray, std: np.ndarray, run, n_points: int | None = None) -> Measurement:
         from cgflow.analysis.marginals import marginal_accuracy
