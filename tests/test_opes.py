@@ -141,8 +141,9 @@ def test_opes_four_cg_dimensions_refused(tmp_path, cache):
     assert not out.exists()
 
 
-def test_opes_aldp_defaults_are_the_issue_settings():
+def test_opes_aldp_defaults_are_the_tuning_scans_winner():
     d = default_settings("alanine-dipeptide")
-    assert d == {"barrier_kJ_per_mol": 40.0, "pace_steps": 500, "sigma": 0.15, "timestep_fs": 2.0}
+    assert d == {"barrier_kJ_per_mol": 40.0, "pace_steps": 250, "sigma": 0.15, "timestep_fs": 2.0,
+                 "corrected_fes": True}
     st = OpesSettings(n_steps=50_000, **d)
     assert st.bias_factor is None and not st.adaptive_sigma and st.friction_per_ps == 1.0

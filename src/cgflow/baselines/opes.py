@@ -51,18 +51,21 @@ CHECKPOINT = "checkpoint.pt"
 MAX_CG_DIM = 3
 
 #: Settings that ``cgflow opes`` uses when not given: per system name, else GENERIC_DEFAULTS.
-#: alanine-dipeptide: the setting of issue 19 (barrier 40 kJ/mol, a kernel every 500 steps, fixed sigma
-#: 0.15 rad, 2 fs LangevinMiddle at 1/ps; bias factor barrier / kT), not yet tuned by a scan.
-GENERIC_DEFAULTS: dict = {"barrier_kJ_per_mol": 40.0, "pace_steps": 500, "sigma": None}
+#: alanine-dipeptide: the winner of the tuning scan (benchmarks/opes_scan.py, docs/results.md): barrier
+#: 40 kJ/mol, bias factor barrier / kT, a kernel every 250 steps, fixed sigma 0.15 rad, the smoothing-corrected
+#: FES, 2 fs LangevinMiddle at 1/ps (KLD 0.036 at 1e6, 0.023 at 2e6 steps; the issue's pace 500: 0.06 at 1e6).
+GENERIC_DEFAULTS: dict = {"barrier_kJ_per_mol": 40.0, "pace_steps": 500, "sigma": None, "corrected_fes": False}
 SYSTEM_DEFAULTS: dict = {
-    "alanine-dipeptide": {"barrier_kJ_per_mol": 40.0, "pace_steps": 500, "sigma": 0.15, "timestep_fs": 2.0},
+    "alanine-dipeptide": {"barrier_kJ_per_mol": 40.0, "pace_steps": 250, "sigma": 0.15, "timestep_fs": 2.0,
+                          "corrected_fes": True},
 }
 #: sigma when neither given nor a system default: this fraction of each CG domain's width.
 GENERIC_SIGMA_FRACTION = 0.03
 
 
 def default_settings(system_name: str) -> dict:
-    """The default OPES settings (barrier_kJ_per_mol, pace_steps, sigma and where set timestep_fs) of a system."""
+    """The default OPES settings (barrier_kJ_per_mol, pace_steps, sigma, corrected_fes and where set
+    timestep_fs) of a system."""
     return dict(SYSTEM_DEFAULTS.get(system_name, GENERIC_DEFAULTS))
 
 

@@ -204,7 +204,9 @@ def opes(
                                           "torsions) [default: the system's, else 0.03 x the CG domain]."),
     adaptive_sigma: bool = typer.Option(False, "--adaptive-sigma", help="Estimate the kernel width on the fly."),
     explore: bool = typer.Option(False, "--explore", help="OPES-explore instead of OPES."),
-    corrected_fes: bool = typer.Option(False, "--corrected-fes", help="Snapshots of the smoothing-corrected FES."),
+    corrected_fes: bool | None = typer.Option(None, "--corrected-fes/--raw-fes", help="Snapshots of the smoothing-"
+                                              "corrected FES, or of the raw reweighted KDE [default: the system's "
+                                              "(alanine dipeptide: corrected), else raw]."),
     snapshot_every: int = typer.Option(50_000, "--snapshot-every", help="A PMF snapshot and a checkpoint every "
                                        "this many steps."),
     timestep_fs: Optional[float] = typer.Option(None, "--timestep-fs", help="Time step [default: the system "
@@ -218,8 +220,8 @@ def opes(
 ):
     """OPES / OPES-explore on the CG coordinates (1-3 of them) with the openmm-opes package (OpenMM CPU, one
     thread), PMF snapshots as it goes, checkpointed and resumable.  Unset settings take the system's
-    defaults (alanine dipeptide: barrier 40 kJ/mol, bias factor barrier / kT, a kernel every 500 steps of
-    2 fs, fixed sigma 0.15 rad; see `cgflow.baselines.opes`)."""
+    defaults (alanine dipeptide, the tuning scan's winner: barrier 40 kJ/mol, bias factor barrier / kT, a
+    kernel every 250 steps of 2 fs, fixed sigma 0.15 rad, corrected FES; see `cgflow.baselines.opes`)."""
     import json
 
     from cgflow.baselines.opes import OPES_JSON, OpesRun, OpesSettings, check_view, default_settings
@@ -249,10 +251,10 @@ def opes(
             check_view(view)
             kw = default_settings(view.name)
             given = {"barrier_kJ_per_mol": barrier_kJ, "bias_factor": bias_factor, "pace_steps": pace,
-                     "sigma": sigma, "timestep_fs": timestep_fs}
+                     "sigma": sigma, "timestep_fs": timestep_fs, "corrected_fes": corrected_fes}
             kw.update({k: v for k, v in given.items() if v is not None})
             st = OpesSettings(n_steps=steps, adaptive_sigma=adaptive_sigma, explore=explore,
-                              corrected_fes=corrected_fes, snapshot_every_steps=snapshot_every,
+                              snapshot_every_steps=snapshot_every,
                               friction_per_ps=friction, seed=seed, **kw)
             run = OpesRun(view, out, st)
             run.info.update(system_spec=system, system_set=list(set_))
