@@ -8,9 +8,11 @@ biased ensemble wherever the PMF is right and no walker has to cross a barrier t
 Each walker runs ``equilibration_steps`` (not recorded), then ``steps`` of BAOAB Langevin dynamics
 (:class:`cgflow.baselines.langevin.BatchedLangevin`, all walkers as one batch, the system's
 differentiable torch energy, the same energy as OpenMM's) on ``u(x) - min(F(s(x)) - F_min, C)``,
-F the ensemble mean evaluated on the fly (any CG dimension; the histograms need d <= 3). Its CG
-coordinates are binned every ``record_every`` steps, per walker and per chunk of ``chunk_steps``,
-so the estimate can be redone for any prefix (how many steps resolve an error).
+F the ensemble mean evaluated on the fly (any CG dimension). For d <= 3 its CG coordinates are
+binned every ``record_every`` steps, per walker and per chunk of ``chunk_steps``, so the estimate
+can be redone for any prefix (how many steps resolve an error); for d > 3, where the CG space cannot
+be histogrammed, every recorded frame's CG point and F(s) are kept and the run's 2-D marginals are
+checked by reweighting (:mod:`cgflow.validation.reweighting`).
 
 Every walker step is one energy evaluation (equilibration and the first force evaluation
 included): ``evaluations = walkers * (1 + equilibration_steps + steps)``. The run is checkpointed
@@ -33,6 +35,7 @@ from cgflow.baselines.langevin import BatchedLangevin, LangevinState
 from cgflow.core.run_directory import atomic_savez, atomic_torch_save, atomic_write_text
 from cgflow.core.simulation_view import SimulationView
 from cgflow.validation.flatness import FlatnessEstimate, bias_weights, coarse_index, estimate
+from cgflow.validation.reweighting import ReweightedMarginals, estimate_marginals, project_error_bar
 
 VALIDATE_JSON = "validate.json"
 VALIDATE_NPZ = "validate.npz"
@@ -87,6 +90,10 @@ class LearnedPMF:
     cg_names: tuple[str, ...]
     cg_periodic: tuple[bool, ...]
     cg_domain: tuple[tuple[float, float], ...]
+    marginal_pairs: list[tuple[int, int]] | None = None
+    """For d > 3: the run's 2-D marginals (pairs, bin edges per CG dimension, (n_i, n_j) PMFs in kT)."""
+    marginal_edges: list[np.ndarray] | None = None
+    marginal_pmf_kT: list[np.ndarray] | None = None
 
 
 class BiasedMDValidation:
@@ -95,10 +102,12 @@ class BiasedMDValidation:
     def __init__(self, pmf: LearnedPMF, view: SimulationView, out, settings: ValidationSettings, *,
                  resume: bool = False, progress: bool = True):
         d = len(pmf.cg_names)
-        if d > MAX_CG_DIM:
-            raise ValueError(f"validate histograms the CG space: d <= {MAX_CG_DIM} supported, this run has d = {d}")
+        self.marginal_mode = d > MAX_CG_DIM
+        if self.marginal_mode and not pmf.marginal_pairs:
+            raise ValueError(f"validate histograms the CG space for d <= {MAX_CG_DIM}; with d = {d} it checks the "
+                             f"run's 2-D marginals, and this run has none (metrics.pairs)")
         self.pmf, self.view, self.out, self.settings, self.progress = pmf, view, Path(out), settings, progress
-        n = settings.coarse_bins(d)
+        n = settings.coarse_bins(d) if not self.marginal_mode else 2
         self.coarse_edges = [np.linspace(lo, hi, n + 1) for lo, hi in pmf.cg_domain]
         centres = np.stack([m.ravel() for m in np.meshgrid(*[0.5 * (e[1:] + e[:-1]) for e in pmf.edges],
                                                             indexing="ij")], axis=-1)
@@ -163,15 +172,18 @@ class BiasedMDValidation:
                                                                        "energies_kT")))
             gen.set_state(ck["generator"])
             counts, done, dyn.n_nonfinite, wall = ck["counts"], ck["steps_done"], ck["n_nonfinite"], ck["wall_s"]
-            n_out = ck["n_outside"]
+            n_out, frames, f_rel = ck["n_outside"], ck.get("frames"), ck.get("f_rel_kT")
         else:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / VALIDATE_JSON, json.dumps({"settings": st.model_dump(), "finished": False},
                                                                    indent=1) + "\n")
             x0 = self._starting_positions(np.random.default_rng(st.seed))
             state = dyn.init_state(torch.as_tensor(x0))
-            counts = np.zeros((n_chunks, W, Bc), dtype=np.int64)
+            counts = np.zeros((n_chunks, W, 1 if self.marginal_mode else Bc), dtype=np.int64)
             done, wall, n_out = 0, 0.0, 0
+            n_rec = st.steps // st.record_every if self.marginal_mode else 0  # frames recorded per walker
+            frames = np.full((W, n_rec, len(self.pmf.cg_names)), np.nan, dtype=np.float32) if n_rec else None
+            f_rel = np.full((W, n_rec), np.nan) if n_rec else None
         t0 = time.perf_counter() - wall
         with tqdm(total=total, initial=done, desc=f"validate: biased MD ({W} walkers)", unit="step",
                   disable=bars_disabled(self.progress), leave=False) as bar:
@@ -186,15 +198,23 @@ class BiasedMDValidation:
                     if done > st.equilibration_steps and done % st.record_every == 0:
                         s = view.cg_numpy(state.positions.numpy())
                         inside = self._inside(s)
-                        np.add.at(counts[chunk], (np.flatnonzero(inside), self._bin_index(s[inside])), 1)
                         n_out += int(np.sum(~inside))
+                        if self.marginal_mode:  # every frame (CG point and F) for the reweighted marginals
+                            t = (done - st.equilibration_steps) // st.record_every - 1
+                            frames[:, t] = s
+                            with torch.no_grad():
+                                f_rel[:, t] = self.pmf.mean_kT(torch.as_tensor(s, dtype=torch.float64)).numpy() \
+                                    - self.f_min
+                            counts[chunk, :, 0] += 1
+                        else:
+                            np.add.at(counts[chunk], (np.flatnonzero(inside), self._bin_index(s[inside])), 1)
                 ck = {"positions": state.positions, "velocities": state.velocities, "forces": state.forces,
                       "energies_kT": state.energies_kT, "generator": gen.get_state(), "counts": counts,
                       "steps_done": done, "n_nonfinite": dyn.n_nonfinite, "wall_s": time.perf_counter() - t0,
-                      "n_outside": n_out}
+                      "n_outside": n_out, "frames": frames, "f_rel_kT": f_rel}
                 atomic_torch_save(self.out / VALIDATE_CHECKPOINT, ck)
         wall = time.perf_counter() - t0
-        result = self.evaluate(counts.sum(0))
+        result = self.evaluate_marginals(frames, f_rel) if self.marginal_mode else self.evaluate(counts.sum(0))
         info = {"settings": st.model_dump(), "finished": True, "evaluations": W * (1 + total),
                 "md_steps_per_walker": total, "timestep_fs": self.dt_fs, "wall_s": wall,
                 "nonfinite_energies": dyn.n_nonfinite, "frames_outside_domain": n_out,
@@ -216,7 +236,21 @@ class BiasedMDValidation:
                         self.coarse_edges, self.settings.ceiling_kT, self.pmf.cg_names,
                         n_bootstrap=self.settings.n_bootstrap, seed=self.settings.seed)
 
-    def save(self, result: FlatnessEstimate, counts: np.ndarray, info: dict) -> None:
+    def evaluate_marginals(self, frames: np.ndarray, f_rel_kT: np.ndarray) -> ReweightedMarginals:
+        """For d > 3: the reweighted 2-D marginals of the frames (W, T, d) with F - F_min (W, T) against the run's."""
+        pmf = self.pmf
+        pairs = list(pmf.marginal_pairs or [])
+        edges = list(pmf.marginal_edges or [])
+        eb = [project_error_bar(pmf.edges, pmf.fine_pmf_kT, pmf.fine_error_bar_kT, p, edges[p[0]], edges[p[1]])
+              for p in pairs]
+        return estimate_marginals(frames, f_rel_kT, self.settings.ceiling_kT, edges, pairs,
+                                  list(pmf.marginal_pmf_kT or []), pmf.cg_names, eb,
+                                  n_bootstrap=self.settings.n_bootstrap, seed=self.settings.seed)
+
+    def save(self, result, counts: np.ndarray, info: dict) -> None:
+        if isinstance(result, ReweightedMarginals):
+            self._save_marginals(result, info)
+            return
         shape = tuple(len(e) - 1 for e in self.coarse_edges)
         fine_shape = tuple(len(e) - 1 for e in self.pmf.edges)
         atomic_savez(self.out / VALIDATE_NPZ, **{f"coarse_edges_{i}": e for i, e in enumerate(self.coarse_edges)},
@@ -229,6 +263,17 @@ class BiasedMDValidation:
                      pmf_kT=(self.pmf.fine_pmf_kT - self.f_min).reshape(fine_shape),
                      corrected_pmf_kT=result.corrected_fine_pmf_kT.reshape(fine_shape),
                      fine_coarse_index=self.fine_coarse)
+        atomic_write_text(self.out / VALIDATE_JSON, json.dumps(info, indent=1) + "\n")
+
+    def _save_marginals(self, result: ReweightedMarginals, info: dict) -> None:
+        arrays = {"marginal_pairs": np.array(result.pairs, dtype=np.int64),
+                  **{f"marginal_edges_{i}": e for i, e in enumerate(result.edges)}}
+        for key, value in (("md_marginal_pmf_kT", result.md_pmf_kT), ("run_marginal_pmf_kT", result.run_pmf_kT),
+                           ("residual_kT", result.residual_kT), ("residual_se_kT", result.residual_se_kT),
+                           ("z", result.z), ("resolved", result.resolved), ("run_error_bar_kT", result.run_error_bar_kT),
+                           ("corrected_marginal_pmf_kT", result.corrected_pmf_kT)):
+            arrays[key] = np.stack(value)
+        atomic_savez(self.out / VALIDATE_NPZ, **arrays)
         atomic_write_text(self.out / VALIDATE_JSON, json.dumps(info, indent=1) + "\n")
 
 
@@ -244,6 +289,11 @@ def learned_pmf_of_run(run, pmf_npz) -> LearnedPMF:
         edges = [z[f"edges_{i}"] for i in range(d)]
         fine = z["pmf_kT"].reshape(-1).astype(np.float64)
         eb = (z["error_bar_kT"] if "error_bar_kT" in z.files else z["std_kT"]).reshape(-1).astype(np.float64)
+        marginals = {}
+        if "marginal_pmf_kT" in z.files:
+            marginals = {"marginal_pairs": [tuple(int(v) for v in p) for p in z["marginal_pairs"]],
+                         "marginal_edges": [z[f"marginal_edges_{i}"] for i in range(d)],
+                         "marginal_pmf_kT": list(z["marginal_pmf_kT"])}
 
     centres = np.stack([m.ravel() for m in np.meshgrid(*[0.5 * (e[1:] + e[:-1]) for e in edges], indexing="ij")], -1)
     with torch.no_grad():  # pmf.npz holds mean - min(mean) on these bins: the same zero for the bias
@@ -262,4 +312,5 @@ def learned_pmf_of_run(run, pmf_npz) -> LearnedPMF:
 
     return LearnedPMF(mean_kT=mean_kT, sample_fg=sample_fg, configurations=configurations, edges=edges,
                       fine_pmf_kT=fine, fine_error_bar_kT=eb, cg_names=tuple(system.cg_names),
-                      cg_periodic=tuple(system.cg_periodic), cg_domain=tuple(map(tuple, system.cg_domain)))
+                      cg_periodic=tuple(system.cg_periodic), cg_domain=tuple(map(tuple, system.cg_domain)),
+                      **marginals)

@@ -20,6 +20,9 @@ def plot_validation(out_dir, png) -> None:
     out_dir = Path(out_dir)
     info = json.loads((out_dir / VALIDATE_JSON).read_text())
     z = dict(np.load(out_dir / VALIDATE_NPZ))
+    if "md_marginal_pmf_kT" in z:
+        _plot_marginals(info, z, png, plt)
+        return
     names = info["cg_names"]
     d = len(names)
     ce = [z[f"coarse_edges_{i}"] for i in range(d)]
@@ -82,4 +85,44 @@ def plot_validation(out_dir, png) -> None:
                  f"{info['evaluations']:,} MD evaluations", fontsize=12)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def _unit(name: str) -> str:
+    return f"{name} (rad)" if name.startswith(("phi", "psi", "chi", "omega")) else name
+
+
+def _plot_marginals(info: dict, z: dict, png, plt) -> None:
+    """d > 3: per marginal pair, the run's marginal, the MD's reweighted one (same colour scale) and the residual
+    with its significant bins; phi > 0 populations in the title."""
+    names = info["cg_names"]
+    pairs = [tuple(int(v) for v in p) for p in z["marginal_pairs"]]
+    n = len(pairs)
+    fig, ax = plt.subplots(3, n, figsize=(3.4 * n + 1, 9.6), squeeze=False)
+    vmax = info["settings"]["ceiling_kT"]
+    for c, (i, j) in enumerate(pairs):
+        ei, ej = z[f"marginal_edges_{i}"], z[f"marginal_edges_{j}"]
+        ext = [ei[0], ei[-1], ej[0], ej[-1]]
+        for row, key, title in ((0, "run_marginal_pmf_kT", "run"), (1, "md_marginal_pmf_kT", "biased MD, reweighted")):
+            im = ax[row, c].imshow(z[key][c].T, origin="lower", extent=ext, aspect="auto", cmap="viridis", vmin=0,
+                                   vmax=vmax)
+            ax[row, c].set_title(f"{title}: {names[i]}|{names[j]}", fontsize=10)
+        fig.colorbar(im, ax=ax[:2, c].tolist(), label="F (kT)", shrink=0.8)
+        r = z["residual_kT"][c]
+        lim = max(0.5, float(np.nanmax(np.abs(r))) if np.isfinite(r).any() else 1.0)
+        im = ax[2, c].imshow(r.T, origin="lower", extent=ext, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ci, cj = np.meshgrid(0.5 * (ei[1:] + ei[:-1]), 0.5 * (ej[1:] + ej[:-1]), indexing="ij")
+        sig = np.abs(np.nan_to_num(z["z"][c])) > 2
+        ax[2, c].plot(ci[sig], cj[sig], "kx", ms=4)
+        ax[2, c].set_title("MD - run (kT); x: beyond 2 error bars", fontsize=9)
+        fig.colorbar(im, ax=ax[2, c], label="F_true - F (kT)")
+        for row in range(3):
+            ax[row, c].set_xlabel(_unit(names[i]))
+            ax[row, c].set_ylabel(_unit(names[j]))
+    pops = info.get("populations_phi_positive", {})
+    pop = "; ".join(f"{k} > 0: MD {v['md']:.3f} ± {v['md_se']:.3f}, run {v['run']:.3f}" for k, v in pops.items())
+    verdict = "consistent" if info["consistent"] else "NOT consistent"
+    fig.suptitle(f"cgflow validate (reweighted marginals): {verdict} with the run's error bar; forward KLD MD || run "
+                 f"{info['forward_kld_md_vs_run_mean']:.3f}; {info['evaluations']:,} MD evaluations\n{pop}", fontsize=11)
+    fig.savefig(png, dpi=100)
     plt.close(fig)

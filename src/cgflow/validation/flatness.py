@@ -70,6 +70,22 @@ def bin_counts(s: np.ndarray, coarse_edges: list[np.ndarray]) -> np.ndarray:
     return h.reshape(-1)
 
 
+def flag_test(z: np.ndarray, resolved: np.ndarray) -> dict:
+    """The verdict's test over resolved bins (z: (n,) r / combined error bar, NaN allowed): bins beyond 2 and
+    beyond STRONG_Z, the binomial tail probability of that many beyond 2 at TWO_SIGMA_TAIL, and whether the PMF
+    is consistent (tail probability >= VERDICT_P and none beyond STRONG_Z)."""
+    from scipy.stats import binom
+
+    az = np.abs(np.nan_to_num(np.asarray(z, dtype=np.float64)))
+    resolved = np.asarray(resolved, dtype=bool)
+    n_flagged, n_res = int(np.sum(resolved & (az > 2))), int(resolved.sum())
+    n_strong = int(np.sum(resolved & (az > STRONG_Z)))
+    p = float(binom.sf(n_flagged - 1, n_res, TWO_SIGMA_TAIL)) if n_res else 1.0
+    return {"flagged_bins": n_flagged, "n_resolved_bins": n_res, "flagged_bins_p_value": p,
+            "expected_flagged": TWO_SIGMA_TAIL * n_res, "n_bins_beyond_strong_z": n_strong, "strong_z": STRONG_Z,
+            "consistent": bool(p >= VERDICT_P and n_strong == 0)}
+
+
 @dataclass
 class FlatnessEstimate:
     """The result (coarse bins, C order, shape (Bc,) unless said; kT).
@@ -161,11 +177,9 @@ def estimate(counts_per_walker: np.ndarray, fine_pmf_kT: np.ndarray, fine_error_
         boot_abs.append(np.nansum(pmn * np.abs(np.where(resolved, bb, 0.0))))
     flagged = resolved & (np.abs(np.nan_to_num(z)) > 2)
     flagged_mass = float(pmn[flagged].sum())
-    n_strong = int(np.sum(resolved & (np.abs(np.nan_to_num(z)) > STRONG_Z)))
-    n_flagged, n_res = int(flagged.sum()), int(resolved.sum())
-    from scipy.stats import binom
-
-    p_flagged = float(binom.sf(n_flagged - 1, n_res, TWO_SIGMA_TAIL)) if n_res else 1.0
+    test = flag_test(z, resolved)
+    n_strong, n_flagged, n_res = test["n_bins_beyond_strong_z"], test["flagged_bins"], test["n_resolved_bins"]
+    p_flagged = test["flagged_bins_p_value"]
     biased_region = resolved & (w_norm > 0) & (np.bincount(fine_coarse_index, weights=(w == 1.0).astype(float),
                                                            minlength=Bc) > 0)
     ratio = (counts / max(counts.sum(), 1)) / np.where(w_norm > 0, w_norm, np.nan)
@@ -179,7 +193,7 @@ def estimate(counts_per_walker: np.ndarray, fine_pmf_kT: np.ndarray, fine_error_
         "resolved_model_mass": mass_resolved, "n_resolved_bins": int(resolved.sum()), "n_bins": int(Bc),
         "flatness_cv": flatness_cv, "n_walkers": int(W), "n_samples": int(counts.sum()),
         "n_bins_beyond_strong_z": n_strong, "strong_z": STRONG_Z,
-        "consistent": bool(p_flagged >= VERDICT_P and n_strong == 0),
+        "consistent": test["consistent"],
     }
     centres = [0.5 * (e[1:] + e[:-1]) for e in coarse_edges]
     shape = [len(c) for c in centres]
