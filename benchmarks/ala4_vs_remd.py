@@ -6,6 +6,8 @@ of the REMD ladders (benchmarks/results/ala4-remd/ala4-remd-300K.npz) and the pl
 forward KLD sum P_remd ln(P_remd / Q) per pair (model probabilities floored at 1e-10, as `cgflow compare`), and
 the alpha_L (phi_k > 0) population and free energy of each residue, from each source.
 Usage: ``python benchmarks/ala4_vs_remd.py benchmarks/results/ala4-run/b-explore benchmarks/results/ala4-run/b-explore-seed1``.
+``--validate DIR`` (repeatable) adds the reweighted marginals of a ``cgflow validate`` directory (biased MD, d > 3)
+and its corrected marginals as sources; ``--out FILE`` writes the JSON elsewhere.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def alpha_l(prob: np.ndarray, pair: tuple[int, int], names: list[str], edges: np
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--validate", action="append", type=Path, default=[],
+                    help="a cgflow validate directory of one of the runs (its reweighted marginals)")
+    ap.add_argument("--out", type=Path, default=REMD / "ala4-vs-remd.json")
     args = ap.parse_args()
     z = np.load(REMD / "ala4-remd-300K.npz")
     names = [str(n) for n in z["cg_names"]]
@@ -57,6 +62,14 @@ def main() -> None:
         assert [tuple(int(v) for v in p) for p in zz["marginal_pairs"]] == pairs
         f = np.asarray(zz["marginal_pmf_kT"])
         sources[f"cgflow run ala4: {run.name}"] = [np.exp(-(fk - np.nanmin(fk))) for fk in f]
+    for vdir in args.validate:
+        zz = np.load(vdir / "validate.npz")
+        assert [tuple(int(v) for v in p) for p in zz["marginal_pairs"]] == pairs
+        info = json.loads((vdir / "validate.json").read_text())
+        label = f"cgflow validate {vdir.parent.name}/{vdir.name} ({info['evaluations']:.2g} MD evaluations)"
+        for key, what in (("md_marginal_pmf_kT", "reweighted MD"), ("corrected_marginal_pmf_kT", "corrected run")):
+            f = np.asarray(zz[key])
+            sources[f"{label}: {what}"] = [np.nan_to_num(np.exp(-(fk - np.nanmin(fk)))) for fk in f]
     out = {"reference": "REMD 300 K frames, both ladders", "bins": len(edges) - 1,
            "pairs": [f"{names[i]}|{names[j]}" for i, j in pairs],
            "remd_alpha_L": [alpha_l(r, p, names, edges) for r, p in zip(ref, pairs)], "sources": {}}
@@ -68,7 +81,7 @@ def main() -> None:
         print(f"{name}: KLD mean {np.mean(k):.3f} per pair {np.round(k, 3).tolist()}; alpha_L "
               f"{[None if x is None else round(x, 4) for x in a]}")
     print("REMD alpha_L", [None if x is None else round(x, 4) for x in out["remd_alpha_L"]])
-    (REMD / "ala4-vs-remd.json").write_text(json.dumps(out, indent=2) + "\n")
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
