@@ -433,3 +433,72 @@ def test_four_mb_particles_biased_md_checks_the_marginals_by_reweighting(tmp_pat
 
     plot_validation(tmp_path / "v", tmp_path / "v" / "validate.png")
     assert (tmp_path / "v" / "validate.png").stat().st_size > 10_000
+
+
+# --- cgflow refine: a run continued with CG points where its validation MD went -------------------
+def _torus_run(tmp_path, name="t"):
+    import os
+    import sys
+    from pathlib import Path
+
+    from cgflow.config import load_config
+    from cgflow.learning.run import ActiveLearningRun
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    sys.path.insert(0, str(examples))
+    (tmp_path / "torus.yaml").write_text(
+        'extends: mb\nsystem: {name: python, factory: "torus_system:make_system", '
+        "kwargs: {cg_dim: 2, n_bins: 6, n_starting_chains: 4, mc_steps: 40}}\n"
+        "flow: {kind: spline, n_blocks: 1, hidden: [8], n_res_blocks: 1, n_bins: 4, tail_bound: 5.0}\n"
+        "ensemble: {n_models: 3, epochs: 20}\n")
+    cfg = load_config(str(tmp_path / "torus.yaml"), ["progress=false", "by_example.epochs=1",
+                                                     "stopping.max_iterations=2"], seed=0)
+    ActiveLearningRun(cfg, tmp_path / name).run()
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(examples), os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.mark.slow  # two small torus runs (~30 s)
+def test_refine_adds_novel_frames_counts_the_md_and_leaves_the_run_alone(tmp_path):
+    import hashlib
+
+    from cgflow.learning.run import ActiveLearningRun
+
+    env = _torus_run(tmp_path)
+    before = hashlib.sha256((tmp_path / "t" / "checkpoint.pt").read_bytes()).hexdigest()
+    run = ActiveLearningRun(None, tmp_path / "t", resume=True)
+    n0, diag0 = len(run.dataset), run.state.counter.diagnostics
+    v = tmp_path / "v"
+    v.mkdir()
+    rng = np.random.default_rng(0)
+    frames = np.concatenate([run.dataset.points.numpy()[:50], rng.uniform(-np.pi, np.pi, (150, 2))])
+    np.savez(v / "validate_frames.npz", frames=frames.reshape(4, 50, 2).astype(np.float32),
+             f_rel_kT=np.zeros((4, 50)), cg_names=np.array(["a", "b"]))
+    (v / "validate.json").write_text('{"evaluations": 12345}\n')
+    res = run_cgflow("refine", "t", "--validate", "v", "--out", "r", "--points", "10", "--radius", "0.3",
+                     "--iterations", "1", cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "10 CG points" in res.stdout, res.stdout
+    assert hashlib.sha256((tmp_path / "t" / "checkpoint.pt").read_bytes()).hexdigest() == before
+    ref = ActiveLearningRun(None, tmp_path / "r", resume=True)
+    assert len(ref.state.rows) == 3
+    added = ref.dataset.points[n0:n0 + 10]
+    from cgflow.sampling.acquisition import distance_to_nearest
+
+    assert bool((distance_to_nearest(added, run.dataset.points, (True, True)) > 0.3).all())
+    assert ref.state.counter.diagnostics >= diag0 + 12345
+    again = run_cgflow("refine", "t", "--validate", "v", "--out", "r", cwd=tmp_path, env=env)
+    assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    missing = run_cgflow("refine", "t", "--validate", "nowhere", "--out", "r2", cwd=tmp_path, env=env)
+    assert missing.returncode == 2 and not (tmp_path / "r2").exists()
+
+
+def test_novel_points_keeps_only_far_candidates():
+    from cgflow.sampling.acquisition import novel_points
+
+    existing = torch.zeros((1, 2), dtype=torch.float64)
+    cand = torch.tensor([[0.1, 0.0], [3.0, 0.0], [-3.1, 0.1], [0.0, 1.0]], dtype=torch.float64)
+    got = novel_points(cand, existing, 5, 0.5, (True, True), np.random.default_rng(0))
+    assert got.shape == (3, 2) and not bool((got.norm(dim=1) < 0.5).any())
+    # periodic: 3.0 and -3.1 are 0.18 apart across the boundary; with n = 2 they are not both kept
+    got2 = novel_points(cand, existing, 2, 0.5, (True, True), np.random.default_rng(0))
+    assert got2.shape == (2, 2) and any(abs(float(r[1]) - 1.0) < 1e-12 for r in got2)

@@ -522,6 +522,19 @@ class ActiveLearningRun:
                       wall_time_s=st.wall_time_s, marginals=marg)
         self._save_checkpoint()
 
+    def add_points(self, points: torch.Tensor, *, evaluations: int = 0) -> int:
+        """Add CG points (n, cg_dim) found outside the acquisition (e.g. frames of biased MD, ``cgflow refine``) to
+        the latest iteration's points: the next training by energy draws at them first, and they are labelled and
+        fitted like any other point.  ``evaluations``, the energies it cost to find them, are counted with the
+        diagnostics.  Points outside the CG domain are dropped; saves the checkpoint.  Returns the number added."""
+        pts = self.in_domain(torch.as_tensor(points, dtype=torch.float64).reshape(-1, self.system.cg_dim))
+        if pts.shape[0]:
+            self.dataset.add(pts, added_in=self.dataset.latest, test_fraction=self.cfg.acquisition.test_fraction,
+                             rng=self.rng)
+        self.state.counter.diagnostics += int(evaluations)
+        self._save_checkpoint()
+        return int(pts.shape[0])
+
     def _grid_score_candidates(self, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
         """n_find points: bins drawn with probability ~ exp(-beta F) sigma^2 (no repeats), uniform inside."""
         sc = self.cfg.sampler

@@ -37,6 +37,29 @@ def farthest_point_selection(points: torch.Tensor, n: int, periodic: tuple[bool,
     return torch.tensor(chosen)
 
 
+def distance_to_nearest(points: torch.Tensor, existing: torch.Tensor, periodic: tuple[bool, ...],
+                        chunk: int = 2048) -> torch.Tensor:
+    """(P,) periodic-aware Euclidean distance of each row of points (P, d) to its nearest row of existing (E, d)."""
+    if existing.shape[0] == 0:
+        return torch.full((points.shape[0],), float("inf"), dtype=points.dtype)
+    out = []
+    for start in range(0, points.shape[0], chunk):
+        diff = periodic_difference(points[start:start + chunk, None, :], existing[None, :, :], periodic)
+        out.append(diff.norm(dim=-1).min(dim=1).values)
+    return torch.cat(out)
+
+
+def novel_points(candidates: torch.Tensor, existing: torch.Tensor, n: int, radius: float,
+                 periodic: tuple[bool, ...], rng: np.random.Generator) -> torch.Tensor:
+    """Up to n of the candidates (C, d) that lie farther than ``radius`` from every existing point (E, d), spread
+    by farthest-point selection: where something (e.g. biased MD) went that the existing points do not cover.
+    Returns (m, d), m <= n (0 if no candidate is that far)."""
+    far = candidates[distance_to_nearest(candidates, existing, periodic) > radius]
+    if far.shape[0] == 0:
+        return far
+    return far[farthest_point_selection(far, n, periodic, rng)]
+
+
 def spread_uniform_ball(centers: torch.Tensor, n_per_center: int, radius: float, periodic: tuple[bool, ...],
                         rng: np.random.Generator) -> torch.Tensor:
     """Replace each center by n_per_center points uniform in the d-ball of the given radius

@@ -41,6 +41,7 @@ VALIDATE_JSON = "validate.json"
 VALIDATE_NPZ = "validate.npz"
 VALIDATE_CHECKPOINT = "validate_checkpoint.pt"
 VALIDATE_PNG = "validate.png"
+VALIDATE_FRAMES = "validate_frames.npz"  # d > 3: every recorded frame, (W, T, d) CG points and F - F_min (kT)
 MAX_CG_DIM = 3
 DEFAULT_CEILING_KT = 10.0  # the run's "low free energy" region (learning.run.LOW_FREE_ENERGY_KT)
 
@@ -215,6 +216,8 @@ class BiasedMDValidation:
                 atomic_torch_save(self.out / VALIDATE_CHECKPOINT, ck)
         wall = time.perf_counter() - t0
         result = self.evaluate_marginals(frames, f_rel) if self.marginal_mode else self.evaluate(counts.sum(0))
+        if self.marginal_mode:
+            self.save_frames(frames, f_rel)
         info = {"settings": st.model_dump(), "finished": True, "evaluations": W * (1 + total),
                 "md_steps_per_walker": total, "timestep_fs": self.dt_fs, "wall_s": wall,
                 "nonfinite_energies": dyn.n_nonfinite, "frames_outside_domain": n_out,
@@ -275,6 +278,10 @@ class BiasedMDValidation:
             arrays[key] = np.stack(value)
         atomic_savez(self.out / VALIDATE_NPZ, **arrays)
         atomic_write_text(self.out / VALIDATE_JSON, json.dumps(info, indent=1) + "\n")
+
+    def save_frames(self, frames: np.ndarray, f_rel_kT: np.ndarray) -> None:
+        atomic_savez(self.out / VALIDATE_FRAMES, frames=frames, f_rel_kT=f_rel_kT,
+                     cg_names=np.array(self.pmf.cg_names))
 
 
 def learned_pmf_of_run(run, pmf_npz) -> LearnedPMF:
