@@ -7,7 +7,8 @@ alpha_L of one residue (phi_k > 0) and elsewhere, this script compares at each p
 * ``F_hi``:  a high-sample importance-sampling estimate through the run's flow, -ln mean exp(log w) over
   ``--draws`` fresh draws per point (with its effective sample size);
 
-and the run's own training labels near alpha_L against the ensemble (the regression residual).  The common additive
+and the run's own training labels near alpha_L against the ensemble (the regression residual), and how far the
+frames lie from the nearest labelled CG point (radians, 6-D Euclidean).  The common additive
 constant of F is removed by comparing the alpha_L - rest *difference* of (F_ens - F_hi): if it is ~0, the ensemble
 follows what the flow can estimate and the error is the flow's (mode-missing proposals bias F upward); if it is
 > 0, the regression (or too few/too noisy labels) puts alpha_L too high.  Every fresh draw is an energy evaluation;
@@ -79,6 +80,9 @@ def main() -> None:
               "rest": frames[rng.choice(rest, args.points, replace=False)]}
     out: dict = {"run": str(args.run_dir), "iteration": run.state.iteration, "residue": args.residue,
                  "draws_per_point": args.draws, "groups": {}}
+    from cgflow.sampling.acquisition import distance_to_nearest
+
+    labelled = run.label_set().points
     for name, pts in groups.items():
         s = torch.as_tensor(pts, dtype=torch.float64)
         mean, std = (t.detach().cpu().numpy() for t in run.ensemble.mean_and_std(s.to(run.device)))
@@ -89,6 +93,8 @@ def main() -> None:
                                "ens_std_median": float(np.median(std)), "ess_median": float(np.median(ess)),
                                "ess_min": float(np.min(ess)), "F_hi_mean": float(np.mean(f_hi)),
                                "F_ens_mean": float(np.mean(mean)),
+                               "nearest_label_distance_median": float(distance_to_nearest(
+                                   s, labelled, tuple(run.system.cg_periodic)).median()),
                                "F_hi_minus_F_n_mean_by_n": {str(n): float(np.mean(f_hi - f_n[:, j]))
                                                             for j, n in enumerate(ladder)}}
     g = out["groups"]

@@ -40,6 +40,26 @@ def alpha_l(prob: np.ndarray, pair: tuple[int, int], names: list[str], edges: np
     return float(prob[centres > 0, :].sum() / prob.sum())
 
 
+def alpha_l_error_bar(run: Path, names: list[str]) -> dict[str, float]:
+    """The run's own error bar (kT) on F in alpha_L of each phi coordinate: the model-probability-weighted mean of its
+    per-bin error bar (pmf.npz ``error_bar_kT``, the run's d-dimensional grid) over the bins with phi > 0."""
+    z = np.load(run / "pmf.npz")
+    if "error_bar_kT" not in z.files:
+        return {}
+    f, eb = np.asarray(z["pmf_kT"]), np.asarray(z["error_bar_kT"])
+    p = np.exp(-(f - np.nanmin(f)))
+    out = {}
+    for k, name in enumerate(names):
+        if name.startswith("phi"):
+            e = np.asarray(z[f"edges_{k}"])
+            c = 0.5 * (e[1:] + e[:-1])
+            shape = [1] * f.ndim
+            shape[k] = len(c)
+            m = np.broadcast_to((c > 0).reshape(shape), f.shape)
+            out[name] = float(np.sum(p[m] * eb[m]) / np.sum(p[m]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
@@ -73,13 +93,25 @@ def main() -> None:
     out = {"reference": "REMD 300 K frames, both ladders", "bins": len(edges) - 1,
            "pairs": [f"{names[i]}|{names[j]}" for i, j in pairs],
            "remd_alpha_L": [alpha_l(r, p, names, edges) for r, p in zip(ref, pairs)], "sources": {}}
+    error_bars = {f"cgflow run ala4: {run.name}": alpha_l_error_bar(run, names) for run in args.runs}
     for name, probs in sources.items():
         probs = [np.nan_to_num(p) for p in probs]
         k = [kld(r / r.sum(), q) for r, q in zip(ref, probs)]
         a = [alpha_l(q, p, names, edges) for q, p in zip(probs, pairs)]
         out["sources"][name] = {"forward_kld_per_pair": k, "forward_kld_mean": float(np.mean(k)), "alpha_L": a}
+        if error_bars.get(name):
+            # the run's error bar on F(alpha_L), and how many of them the REMD population lies away:
+            # z = ln(P_remd / P_run) / error bar (|z| <= 2: within 2 error bars)
+            eb = [error_bars[name].get(names[i]) if x is not None else None for x, (i, _) in zip(a, pairs)]
+            out["sources"][name]["alpha_L_error_bar_kT"] = eb
+            out["sources"][name]["alpha_L_z"] = [
+                None if (x is None or e is None or not x) else float(np.log(r_ / x) / e)
+                for x, e, r_ in zip(a, eb, out["remd_alpha_L"])]
+        zz = out["sources"][name].get("alpha_L_z")
         print(f"{name}: KLD mean {np.mean(k):.3f} per pair {np.round(k, 3).tolist()}; alpha_L "
-              f"{[None if x is None else round(x, 4) for x in a]}")
+              f"{[None if x is None else round(x, 4) for x in a]}"
+              + (f"; REMD's alpha_L in units of the run's error bar {[None if v is None else round(v, 1) for v in zz]}"
+                 if zz else ""))
     print("REMD alpha_L", [None if x is None else round(x, 4) for x in out["remd_alpha_L"]])
     args.out.write_text(json.dumps(out, indent=2) + "\n")
 
