@@ -163,6 +163,43 @@ def test_cg_spaces_of_one_and_three_dimensions_run(tmp_path, monkeypatch, cg_dim
 
 
 @pytest.mark.slow
+def test_block_candidates_join_the_grid_score_draw(tmp_path, monkeypatch):
+    """sampler.block_find of the n_find candidates come from block-resampled dataset points: each differs from a
+    dataset point in at most block_size consecutive coordinates, and the run still reaches the exact marginals."""
+    monkeypatch.chdir(EXAMPLES)
+    extra = ["stopping.max_iterations=2", "sampler.kind=grid_score", "sampler.n_find=6", "sampler.block_pool=256",
+             "sampler.block_find=4", "sampler.block_size=1", "sampler.n_chains=20"]
+    run = ActiveLearningRun(torus_cfg(3, n_bins=16, extra=extra), tmp_path / "run")
+    seen = []
+    original = run._block_candidates
+
+    def spy(f_min):
+        pts = original(f_min)
+        seen.append((pts.clone(), run.dataset.points.clone()))
+        return pts
+
+    monkeypatch.setattr(run, "_block_candidates", spy)
+    run.run()
+    assert len(seen) == 2
+    for pts, existing in seen:
+        assert pts.shape == (4, 3)
+        differing = (pts[:, None, :] != existing[None, :, :]).sum(2).min(1).values  # vs the closest dataset point
+        assert (differing <= 1).all(), differing
+    assert run.state.rows[-1]["forward_kld"] < 0.1
+
+
+def test_block_find_is_checked_against_n_find_pool_and_sampler():
+    base = ["sampler.kind=grid_score", "sampler.n_find=5", "acquisition.n_select=5"]
+    with pytest.raises(Exception, match="block_find"):
+        load_config("mb", base + ["sampler.block_pool=100", "sampler.block_find=6"])
+    with pytest.raises(Exception, match="block_find"):
+        load_config("mb", base + ["sampler.block_pool=3", "sampler.block_find=4"])
+    with pytest.raises(Exception, match="block_find needs sampler.kind: grid_score"):
+        load_config("mb", ["sampler.kind=mc", "sampler.block_pool=100", "sampler.block_find=1"])
+    assert load_config("mb", base + ["sampler.block_pool=100", "sampler.block_find=5"]).sampler.block_find == 5
+
+
+@pytest.mark.slow
 def test_four_dimensional_torus_reaches_its_exact_marginals_from_yaml(tmp_path):
     """The YAML factory route, end to end through the CLI: the mean forward KLD of the six 2-D marginals
     against the exact ones goes below 0.01 nats and every pair below 0.02 (a PMF without the FG terms,

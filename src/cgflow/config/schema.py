@@ -219,6 +219,14 @@ class SamplerConfig(Strict):
                                     "non-periodic dimensions")
     beta: PositiveFloat = Field(default=1.0, description="inverse temperature on the ensemble mean F (per kT; the "
                                 "chains sample exp(-beta F)); reference: 1")
+    block_pool: NonNegInt = Field(default=0, description="grid_score: candidates per iteration made from the dataset's "
+                                  "CG points (drawn ~ exp(-beta F_mean)) with one block of block_size consecutive "
+                                  "coordinates redrawn uniformly, scored at the points like the grid bins (count; "
+                                  "0: off)")
+    block_find: NonNegInt = Field(default=0, description="grid_score: how many of the n_find candidates are drawn from "
+                                  "the block pool (~ exp(-beta F) sigma^2, no repeats) instead of the grid (count)")
+    block_size: PositiveInt = Field(default=2, description="grid_score: consecutive CG coordinates redrawn per block "
+                                    "candidate (count; a peptide's (phi_k, psi_k) pair: 2)")
 
 
 class AcquisitionConfig(Strict):
@@ -327,6 +335,11 @@ class RunConfig(Strict):
             raise ValueError("labels.mean_forces needs labels.estimator: pooled")
         if self.ensemble.gradient_weight > 0 and not self.labels.mean_forces:
             raise ValueError("ensemble.gradient_weight > 0 needs labels.mean_forces: true")
+        if self.sampler.block_find > min(self.sampler.n_find, self.sampler.block_pool):
+            raise ValueError(f"sampler.block_find ({self.sampler.block_find}) must be <= sampler.n_find "
+                             f"({self.sampler.n_find}) and <= sampler.block_pool ({self.sampler.block_pool})")
+        if self.sampler.block_find and self.sampler.kind != "grid_score":
+            raise ValueError("sampler.block_find needs sampler.kind: grid_score")
         if self.sampler.n_find > self.sampler.n_chains:
             raise ValueError(f"sampler.n_find ({self.sampler.n_find}) must be <= sampler.n_chains "
                              f"({self.sampler.n_chains})")

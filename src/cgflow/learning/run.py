@@ -40,7 +40,12 @@ from cgflow.learning.training import EnergyTimer, test_loss, train_by_energy_epo
 from cgflow.pmf.ensemble import FitOptions, PMFEnsemble
 from cgflow.pmf.error_bar import ErrorBar, ErrorBarInputs, actual_error, error_bar_per_bin, predicted_abs_error
 from cgflow.pmf.history import save_snapshot
-from cgflow.sampling.acquisition import farthest_point_selection, reflect_into_domain, spread_uniform_ball
+from cgflow.sampling.acquisition import (
+    block_resampled_points,
+    farthest_point_selection,
+    reflect_into_domain,
+    spread_uniform_ball,
+)
 from cgflow.sampling.mc import find_high_error_points
 from cgflow.systems import build_system
 
@@ -536,19 +541,39 @@ class ActiveLearningRun:
         return int(pts.shape[0])
 
     def _grid_score_candidates(self, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-        """n_find points: bins drawn with probability ~ exp(-beta F) sigma^2 (no repeats), uniform inside."""
+        """n_find points: bins drawn with probability ~ exp(-beta F) sigma^2 (no repeats), uniform inside;
+        ``sampler.block_find`` of them instead from the block pool (:meth:`_block_candidates`)."""
         sc = self.cfg.sampler
         f, sig = mean.reshape(-1), std.reshape(-1)
         score = np.exp(-sc.beta * (f - np.nanmin(f))) * sig**2
         score = np.where(np.isfinite(score), score, 0.0)
-        n = min(sc.n_find, int((score > 0).sum()))
-        if n == 0:
-            return torch.zeros(0, self.system.cg_dim, dtype=torch.float64)
+        from_blocks = self._block_candidates(float(np.nanmin(f))) if sc.block_find else torch.zeros(0, len(self.edges))
+        n = min(sc.n_find - from_blocks.shape[0], int((score > 0).sum()))
+        if n <= 0:
+            return from_blocks.to(torch.float64)
         bins = self.rng.choice(score.size, size=n, replace=False, p=score / score.sum())
         idx = np.unravel_index(bins, mean.shape)
         lo = np.stack([e[i] for e, i in zip(self.edges, idx)], 1)
         hi = np.stack([e[i + 1] for e, i in zip(self.edges, idx)], 1)
-        return torch.as_tensor(lo + self.rng.random(lo.shape) * (hi - lo), dtype=torch.float64)
+        grid_pts = torch.as_tensor(lo + self.rng.random(lo.shape) * (hi - lo), dtype=torch.float64)
+        return torch.cat([from_blocks.to(torch.float64), grid_pts])
+
+    @torch.no_grad()
+    def _block_candidates(self, f_min: float) -> torch.Tensor:
+        """``sampler.block_find`` points drawn ~ exp(-beta (F - f_min)) sigma^2 (ensemble mean and std at the points,
+        kT; no repeats) from ``sampler.block_pool`` block-resampled dataset points
+        (:func:`~cgflow.sampling.acquisition.block_resampled_points`), (n, cg_dim)."""
+        sc, ds = self.cfg.sampler, self.dataset
+        f_pts = self.ensemble.mean_and_std(ds.points.to(self.device, self.grid.dtype))[0].cpu().double().numpy()
+        pool = self.in_domain(block_resampled_points(ds.points, -sc.beta * f_pts, sc.block_pool, sc.block_size,
+                                                     self.system.cg_domain, self.rng))
+        f, sig = (t.cpu().double().numpy() for t in self.ensemble.mean_and_std(pool.to(self.device, self.grid.dtype)))
+        score = np.exp(-sc.beta * np.clip(f - f_min, 0.0, None)) * sig**2
+        score = np.where(np.isfinite(score), score, 0.0)
+        n = min(sc.block_find, int((score > 0).sum()))
+        if n == 0:
+            return torch.zeros(0, self.system.cg_dim, dtype=torch.float64)
+        return pool[torch.as_tensor(self.rng.choice(len(score), size=n, replace=False, p=score / score.sum()))]
 
     def _acquire(self, it: int, mean: np.ndarray, std: np.ndarray) -> tuple[int, dict]:
         """MC on the ensemble mean (or a draw on the grid), diversity selection and spreading; returns

@@ -60,6 +60,32 @@ def novel_points(candidates: torch.Tensor, existing: torch.Tensor, n: int, radiu
     return far[farthest_point_selection(far, n, periodic, rng)]
 
 
+def block_resampled_points(points: torch.Tensor, log_weight: torch.Tensor, n: int, block: int, domain,
+                           rng: np.random.Generator) -> torch.Tensor:
+    """Candidates that combine what is known with what is not: n points drawn from ``points`` (P, d) with
+    probability ~ exp(log_weight) (P,), each with one block of ``block`` consecutive CG coordinates (a random
+    start, wrapping around the coordinate list) redrawn uniformly over the domain ((d, 2) lower/upper bounds).
+
+    In a CG space made of nearly independent parts (the (phi, psi) pairs of a peptide), a basin of one part next
+    to the low-free-energy states of the others is reached in one move, while uniform or grid draws over all d
+    coordinates land mostly where every part is high.  Returns (n, d) float64."""
+    P, d = points.shape
+    if n <= 0 or P == 0:
+        return torch.zeros(0, d, dtype=torch.float64)
+    lw = np.asarray(log_weight, dtype=np.float64)
+    lw = np.where(np.isfinite(lw), lw, -np.inf)
+    w = np.exp(lw - lw.max())
+    pick = rng.choice(P, size=n, p=w / w.sum())
+    out = points[torch.as_tensor(pick)].to(torch.float64).clone()
+    lo, hi = np.asarray(domain, dtype=np.float64).T
+    b = min(block, d)
+    start = rng.integers(d, size=n)
+    for r in range(n):
+        cols = [(int(start[r]) + j) % d for j in range(b)]
+        out[r, cols] = torch.as_tensor(lo[cols] + rng.random(b) * (hi[cols] - lo[cols]))
+    return out
+
+
 def spread_uniform_ball(centers: torch.Tensor, n_per_center: int, radius: float, periodic: tuple[bool, ...],
                         rng: np.random.Generator) -> torch.Tensor:
     """Replace each center by n_per_center points uniform in the d-ball of the given radius
