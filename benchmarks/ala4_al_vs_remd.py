@@ -30,9 +30,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from ala4_vs_remd import MD, REMD, alpha_l, alpha_l_error_bar, kld  # noqa: E402
+from ala4_vs_remd import MD, REMD, alpha_l, alpha_l_error_bar, kld, pmf_file  # noqa: E402
 
 from cgflow.analysis.marginals import histogram_marginals  # noqa: E402
+from cgflow.pmf.history import read_history  # noqa: E402
 
 
 def mean_kld(ref: list[np.ndarray], probs: list[np.ndarray], reverse: bool = False) -> float:
@@ -71,6 +72,18 @@ def evaluations_to_reach(target: float, cuts: np.ndarray, curve: np.ndarray) -> 
     return float(np.exp(x0 + (np.log(target) - y0) * (x1 - x0) / (y1 - y0)))
 
 
+def run_curve(run: Path, full: dict, pairs: list[tuple[int, int]], reverse: bool) -> list[tuple[int, float, float]]:
+    """(evaluations, KLD vs full ladder A, vs full ladder B) of every PMF snapshot of a run (pmf_history/, the
+    marginals of each iteration; the last one is integrated with fewer points than pmf.npz's); [] without."""
+    out = []
+    for snap in read_history(run):
+        if snap.marginal_pmf_kT is None or snap.marginal_pairs != pairs:
+            continue
+        probs = [np.exp(-(fk - np.nanmin(fk))) for fk in np.asarray(snap.marginal_pmf_kT)]
+        out.append((snap.evaluations, mean_kld(full["A"], probs, reverse), mean_kld(full["B"], probs, reverse)))
+    return out
+
+
 def run_evaluations(run: Path) -> int:
     """The run's total energy evaluations: the last ``evals_total`` of its metrics.csv."""
     with open(run / "metrics.csv") as fh:
@@ -80,14 +93,14 @@ def run_evaluations(run: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (a cgflow run directory with pmf.npz and metrics.csv)")
+    ap.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (a cgflow run directory with pmf.npz or pmf-slim.npz, and metrics.csv)")
     ap.add_argument("--out", type=Path, required=True, help="directory for table.md, al-vs-remd.json, al-vs-remd.png")
     args = ap.parse_args()
     runs = []
     for item in args.runs:
         label, sep, path = item.partition("=")
-        if not sep or not Path(path, "pmf.npz").is_file():
-            ap.error(f"{item!r}: expected LABEL=RUN_DIR with RUN_DIR/pmf.npz")
+        if not sep or not pmf_file(Path(path)).is_file():
+            ap.error(f"{item!r}: expected LABEL=RUN_DIR with RUN_DIR/pmf.npz (or pmf-slim.npz)")
         runs.append((label, Path(path)))
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -95,7 +108,7 @@ def main() -> None:
     names = [str(n) for n in z["cg_names"]]
     ladders = {k: (np.asarray(z[f"dihedrals_{k}"], np.float64), np.asarray(z[f"evaluations_{k}"], np.float64))
                for k in ("A", "B")}
-    first = np.load(runs[0][1] / "pmf.npz")
+    first = np.load(pmf_file(runs[0][1]))
     pairs = [tuple(int(v) for v in p) for p in first["marginal_pairs"]]
     edges = [np.asarray(first["marginal_edges_0"])] * len(names)
     full = {k: histogram_marginals(f, edges, pairs) for k, (f, _) in ladders.items()}
@@ -104,7 +117,7 @@ def main() -> None:
     md = np.asarray(np.load(MD / "ala4-reference.npz")["dihedrals"], np.float64).reshape(-1, len(names))
     sources = [("plain MD (8 x 2.25 ns)", 9.4e6, histogram_marginals(md, edges, pairs), None)]
     for label, run in runs:
-        zz = np.load(run / "pmf.npz")
+        zz = np.load(pmf_file(run))
         if [tuple(int(v) for v in p) for p in zz["marginal_pairs"]] != pairs:
             raise SystemExit(f"error: {run}: marginal pairs differ from {runs[0][1]}")
         probs = [np.exp(-(fk - np.nanmin(fk))) for fk in np.asarray(zz["marginal_pmf_kT"])]
@@ -143,14 +156,16 @@ def main() -> None:
             f"| REMD ladder A in full | {ladders['A'][1][-1]:.2g} | - | {floor['A']:.3f} | - | {pops_remd['A']} |",
             f"| REMD ladder B in full | {ladders['B'][1][-1]:.2g} | {floor['B']:.3f} | - | - | {pops_remd['B']} |",
             *table, ""]
+        al_curves = {label: run_curve(run, full, pairs, reverse) for label, run in runs}
         result[metric] = {"remd_A_vs_full_B": curves["A"].tolist(), "remd_B_vs_full_A": curves["B"].tolist(),
-                          "remd_full_A_vs_B": floor, "sources": rows}
+                          "remd_full_A_vs_B": floor, "sources": rows,
+                          "al_curves_evaluations_vs_A_vs_B": {k: v for k, v in al_curves.items() if v}}
         if not reverse:
-            plotted = (curves, floor, rows)
+            plotted = (curves, floor, rows, al_curves)
     (args.out / "table.md").write_text("\n".join(md_lines))
     print("\n".join(md_lines))
     (args.out / "al-vs-remd.json").write_text(json.dumps(result, indent=2) + "\n")
-    curves, floor, rows = plotted
+    curves, floor, rows, al_curves = plotted
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.8))
     for k, c in (("A", "black"), ("B", "0.6")):
@@ -159,8 +174,12 @@ def main() -> None:
     marks = iter("osD^vP*X")
     for j, row in enumerate(rows):
         m = next(marks)
-        ax.plot([row["evaluations"]] * 2, [row["kld_vs_A"], row["kld_vs_B"]], m + "-", ms=7,
-                color=plt.get_cmap("tab10")(j + 2),
+        color = plt.get_cmap("tab10")(j + 2)
+        curve = al_curves.get(row["source"])
+        if curve:  # every iteration, scored against the mean of the two ladders' KLDs
+            ev, ka, kb = (np.array(v) for v in zip(*curve))
+            ax.plot(ev, 0.5 * (ka + kb), "-", color=color, lw=1, alpha=0.7)
+        ax.plot([row["evaluations"]] * 2, [row["kld_vs_A"], row["kld_vs_B"]], m + "-", ms=7, color=color,
                 label=f"{row['source']} (vs A, vs B)")
     ax.set_xscale("log")
     ax.set_yscale("log")

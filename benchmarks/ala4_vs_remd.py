@@ -24,6 +24,12 @@ REMD = Path("benchmarks/results/ala4-remd")
 MD = Path("benchmarks/results/ala4-reference")
 
 
+def pmf_file(run: Path) -> Path:
+    """The run's pmf.npz, or the repository's small copy of it (pmf-slim.npz, benchmarks/slim_pmf.py)."""
+    full = Path(run) / "pmf.npz"
+    return full if full.is_file() else Path(run) / "pmf-slim.npz"
+
+
 def kld(p: np.ndarray, q: np.ndarray, floor: float = 1e-10) -> float:
     q = np.maximum(q / q.sum(), floor)
     q = q / q.sum()
@@ -43,7 +49,7 @@ def alpha_l(prob: np.ndarray, pair: tuple[int, int], names: list[str], edges: np
 def alpha_l_error_bar(run: Path, names: list[str]) -> dict[str, float]:
     """The run's own error bar (kT) on F in alpha_L of each phi coordinate: the model-probability-weighted mean of its
     per-bin error bar (pmf.npz ``error_bar_kT``, the run's d-dimensional grid) over the bins with phi > 0."""
-    z = np.load(run / "pmf.npz")
+    z = np.load(pmf_file(run))
     if "error_bar_kT" not in z.files:
         return {}
     f, eb = np.asarray(z["pmf_kT"]), np.asarray(z["error_bar_kT"])
@@ -71,14 +77,14 @@ def main() -> None:
     names = [str(n) for n in z["cg_names"]]
     remd = np.concatenate([z["dihedrals_A"], z["dihedrals_B"]]).astype(np.float64)
     md = np.asarray(np.load(MD / "ala4-reference.npz")["dihedrals"], dtype=np.float64).reshape(-1, len(names))
-    first = np.load(args.runs[0] / "pmf.npz")
+    first = np.load(pmf_file(args.runs[0]))
     pairs = [tuple(int(v) for v in p) for p in first["marginal_pairs"]]
     edges = np.asarray(first["marginal_edges_0"])
     ref = histogram_marginals(remd, [edges] * len(names), pairs)
     sources = {"plain MD reference (8 x 2.25 ns, 9.4e6 evaluations)": histogram_marginals(md, [edges] * len(names),
                                                                                           pairs)}
     for run in args.runs:
-        zz = np.load(run / "pmf.npz")
+        zz = np.load(pmf_file(run))
         assert [tuple(int(v) for v in p) for p in zz["marginal_pairs"]] == pairs
         f = np.asarray(zz["marginal_pmf_kT"])
         sources[f"cgflow run ala4: {run.name}"] = [np.exp(-(fk - np.nanmin(fk))) for fk in f]
