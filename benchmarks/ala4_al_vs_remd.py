@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -167,14 +168,15 @@ def main() -> None:
     (args.out / "al-vs-remd.json").write_text(json.dumps(result, indent=2) + "\n")
     curves, floor, rows, al_curves = plotted
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 5.2))
+    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
     for k, c in (("A", "black"), ("B", "0.6")):
         ax.plot(cuts, curves[k], color=c, label=f"REMD ladder {k} cut short, vs full ladder {other[k]}")
     ax.axhline(np.mean(list(floor.values())), color="0.3", ls=":", label="ladder A vs ladder B in full (floor)")
-    marks = iter("osD^vP*X")
+    marks = itertools.cycle("osD^vP*Xhp<>")
     for j, row in enumerate(rows):
         m = next(marks)
-        color = plt.get_cmap("tab10")(j + 2)
+        color = palette[(j + 2) % len(palette)]
         curve = al_curves.get(row["source"])
         if curve:  # every iteration, scored against the mean of the two ladders' KLDs
             ev, ka, kb = (np.array(v) for v in zip(*curve))
@@ -199,12 +201,12 @@ def main() -> None:
         e = None if eb is None else np.array([v for v, q in zip(eb, row["alpha_L"]) if q is not None], float)
         yerr = None if e is None else np.vstack([a - a * np.exp(-e), a * np.exp(e) - a])
         bx.bar(x + (j + 2) * width, a, width, yerr=yerr, capsize=2, label=row["source"],
-               color=plt.get_cmap("tab10")(j + 2))
+               color=palette[(j + 2) % len(palette)])
     bx.set_yscale("log")
     bx.set_xticks(x + 0.4 - width / 2, [f"{r} > 0 rad" for r in res])
     bx.set_ylabel("alpha_L population at 300 K")
     bx.set_title("alpha_L of each residue (bars on AL: the run's own error bar on F)", fontsize=10)
-    bx.legend(fontsize=7, loc="lower right")
+    bx.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(args.out / "al-vs-remd.png", dpi=120)
 
